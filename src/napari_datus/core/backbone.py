@@ -1,0 +1,179 @@
+"""Stage 0: load a self-supervised ViT from timm, by hub name or from a local state dict."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+from napari_datus.core.errors import DatusError
+
+DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
+DEFAULT_INPUT_SIZE = 224
+
+
+@dataclass
+class Backbone:
+    """A timm ViT in eval mode with the facts the pipeline reads from it.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The timm VisionTransformer (``dynamic_img_size=True``).
+    patch_size : int
+        Side of one square patch, in pixels.
+    embed_dim : int
+        Token width; the concatenated keys of all heads have this width too.
+    num_prefix_tokens : int
+        CLS plus register tokens, dropped from patch features.
+    input_size : int
+        The native input side used for segment crops.
+    device : torch.device
+    name : str
+        Model name, for provenance in run.json.
+    weights : str or None
+        Local weights file, or None for the hub's pretrained weights.
+    """
+
+    model: torch.nn.Module
+    patch_size: int
+    embed_dim: int
+    num_prefix_tokens: int
+    input_size: int
+    device: torch.device
+    name: str
+    weights: str | None = None
+
+    @classmethod
+    def from_module(
+        cls,
+        model: torch.nn.Module,
+        device: str | torch.device = "auto",
+        name: str = "custom",
+        weights: str | None = None,
+    ) -> Backbone:
+        """Wrap an already built timm ViT, reading its geometry from the module."""
+        if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
+            raise DatusError(f"model {name!r} is not a timm VisionTransformer")
+        if not hasattr(model.blocks[-1].attn, "qkv"):
+            raise DatusError(f"model {name!r} has no fused qkv projection to read keys from")
+        patch = model.patch_embed.patch_size
+        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        img = model.patch_embed.img_size
+        img = int(img[0] if isinstance(img, (tuple, list)) else img)
+        dev = resolve_device(device)
+        model = model.eval().to(dev)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return cls(
+            model=model,
+            patch_size=patch,
+            embed_dim=int(model.embed_dim),
+            num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+            input_size=img,
+            device=dev,
+            name=name,
+            weights=weights,
+        )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; ``"cuda"`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DatusError("--device cuda was asked for but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise DatusError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def default_model() -> str:
+    """The model name from ``DATUS_MODEL``, else DINOv2 ViT-S/14."""
+    return os.environ.get("DATUS_MODEL") or DEFAULT_MODEL
+
+
+def default_weights() -> str | None:
+    """The local weights file from ``DATUS_WEIGHTS``, if set."""
+    return os.environ.get("DATUS_WEIGHTS") or None
+
+
+def load_backbone(
+    model: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    input_size: int = DEFAULT_INPUT_SIZE,
+    **model_kwargs,
+) -> Backbone:
+    """Create a timm ViT and load its weights.
+
+    Parameters
+    ----------
+    model : str, optional
+        timm model name; defaults to ``DATUS_MODEL`` or DINOv2 ViT-S/14.
+    weights : path, optional
+        Local ``.pth``/``.pt``/``.safetensors`` state dict loaded into ``model``'s
+        architecture. Without it the hub's pretrained weights are downloaded by timm.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    input_size : int
+        Native input side the model is created with (crops are resized to it).
+    **model_kwargs
+        Passed to :func:`timm.create_model` (tests build tiny ViTs this way).
+    """
+    name = model or default_model()
+    kwargs = {"img_size": input_size, "dynamic_img_size": True, "num_classes": 0}
+    kwargs.update(model_kwargs)
+    if weights is None:
+        try:
+            net = timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:  # timm raises many types for unknown names and failed downloads
+            raise DatusError(
+                f"could not load pretrained model {name!r} from the hub ({exc.__class__.__name__}:"
+                f" {exc}); pass a local weights file with --weights or DATUS_WEIGHTS"
+            ) from exc
+        return Backbone.from_module(net, device, name=name)
+    path = Path(weights)
+    try:
+        net = timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
+    except Exception as exc:
+        raise DatusError(f"unknown timm model {name!r}: {exc}") from exc
+    net.load_state_dict(_read_state_dict(path, net), strict=True)
+    return Backbone.from_module(net, device, name=name, weights=str(path))
+
+
+def _read_state_dict(path: Path, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Read a state dict and check it fits ``net``; every failure is one DatusError."""
+    if not path.is_file():
+        raise DatusError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DatusError(f"weights file {path} is corrupt or not a state dict: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DatusError(f"weights file {path} does not hold a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("head.")}
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if keys
+        )
+        raise DatusError(f"weights file {path} does not fit model architecture: {detail}")
+    return state

@@ -1,0 +1,76 @@
+"""Stage 6: dataset-wide k-means over segment embeddings, and the initial pseudo masks."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from napari_datus.core.errors import DatusError
+
+UNLABELLED = 255
+
+
+def cluster_segments(embeddings: np.ndarray, k: int, seed: int = 0,
+                     n_init: int = 10) -> np.ndarray:
+    """k-means over all valid segments of the dataset.
+
+    Parameters
+    ----------
+    embeddings : (M, D) float32
+        One L2-normalised row per valid segment, all images concatenated.
+    k : int
+        Number of clusters (1..254).
+    seed : int
+    n_init : int
+        k-means restarts; the best inertia wins (k-means is unstable on these features).
+
+    Returns
+    -------
+    (M,) uint8 cluster id per segment
+    """
+    if not 1 <= k < UNLABELLED:
+        raise DatusError(f"number of clusters K={k} must be between 1 and {UNLABELLED - 1}")
+    m = embeddings.shape[0]
+    if m == 0:
+        raise DatusError("no valid segment was found in any image, so nothing can be clustered;"
+                         " try a smaller tau or another affinity")
+    if k > m:
+        raise DatusError(f"K={k} clusters but only {m} valid segments in the whole dataset;"
+                         f" use K <= {m}, more images or a smaller tau")
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
+    return km.fit_predict(embeddings.astype(np.float64)).astype(np.uint8)
+
+
+def paint_grid(segments: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Patch-grid pseudo mask from segment clusters.
+
+    Parameters
+    ----------
+    segments : (g, g) int, 0 = noise, 1..n valid
+    clusters : (n,) int cluster id of each valid segment
+
+    Returns
+    -------
+    (g, g) uint8, 255 = unlabelled (noise)
+    """
+    lut = np.concatenate([[UNLABELLED], np.asarray(clusters, dtype=np.uint8)]).astype(np.uint8)
+    return lut[segments]
+
+
+def upsample_nearest(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a label grid to an image size (never interpolates ids).
+
+    Parameters
+    ----------
+    grid : (g, g) or (gh, gw) labels, any dtype
+    shape : (H, W)
+
+    Returns
+    -------
+    (H, W) array of ``grid``'s dtype
+    """
+    height, width = shape
+    rows = ((np.arange(height) + 0.5) * grid.shape[0] / height).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * grid.shape[1] / width).astype(np.intp)
+    return grid[np.minimum(rows, grid.shape[0] - 1)[:, None],
+                np.minimum(cols, grid.shape[1] - 1)[None, :]]

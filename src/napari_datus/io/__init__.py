@@ -1,0 +1,1 @@
+"""Reading images and masks, writing masks atomically, and pairing files by stem."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random ViT, and paths to the shared SUIM data and weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from napari_datus.core.backbone import Backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SUIM_IMAGES = SHARED / "data" / "suim_test" / "images"
+SUIM_MASKS = SHARED / "data" / "suim_test" / "masks"
+WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus.pth"
+TINY_KWARGS = dict(patch_size=8, embed_dim=24, depth=2, num_heads=2, img_size=32,
+                   dynamic_img_size=True, num_classes=0)
+
+
+def require_shared(*paths: Path) -> None:
+    """Skip (or fail under ``DATUS_REQUIRE_SHARED=1``, as in CI) when shared files are absent."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        message = f"shared data not found: {', '.join(missing)}"
+        if os.environ.get("DATUS_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def make_tiny_vit(seed: int = 0) -> torch.nn.Module:
+    """A 2-block ViT with 8-pixel patches, random weights (seeded)."""
+    torch.manual_seed(seed)
+    return timm.models.vision_transformer.VisionTransformer(**TINY_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> Backbone:
+    torch.set_num_threads(1)
+    return Backbone.from_module(make_tiny_vit(), device="cpu", name="tiny")
+
+
+@pytest.fixture(scope="session")
+def shared_backbone() -> Backbone:
+    require_shared(WEIGHTS)
+    from napari_datus.core.backbone import load_backbone
+
+    return load_backbone("vit_small_patch14_dinov2", WEIGHTS, device="cpu")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
