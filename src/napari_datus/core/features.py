@@ -30,12 +30,17 @@ class PatchFeatures:
         Final normed patch tokens (prefix tokens dropped).
     grid : int
         Side ``g`` of the patch grid.
+    queries, values : (g*g, D) float32 or None
+        Last-block attention queries and values of the patch tokens, *without* their
+        qkv bias (for the ``queries``/``values`` affinities; None when not captured).
     """
 
     keys: np.ndarray
     key_bias: np.ndarray
     tokens: np.ndarray
     grid: int
+    queries: np.ndarray | None = None
+    values: np.ndarray | None = None
 
 
 def check_resolution(resolution: int, patch_size: int) -> None:
@@ -59,7 +64,7 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     -------
     (3, size, size) float32 tensor in [0, 1]
     """
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     t = F.interpolate(t[None], size=(size, size), mode="bicubic", antialias=True,
                       align_corners=False)
     return t[0].clamp_(0.0, 1.0)
@@ -104,11 +109,14 @@ def extract_features(backbone: Backbone, image: torch.Tensor) -> PatchFeatures:
         handle.remove()
     dim = backbone.embed_dim
     prefix = backbone.num_prefix_tokens
-    keys = captured[0][0, prefix:, dim : 2 * dim].float().cpu().numpy()
-    bias = qkv.bias[dim : 2 * dim] if qkv.bias is not None else torch.zeros(dim)
+    qkv_out = captured[0][0, prefix:].float().cpu().numpy()
+    bias = (qkv.bias.detach().float().cpu().numpy() if qkv.bias is not None
+            else np.zeros(3 * dim, dtype=np.float32))
     return PatchFeatures(
-        keys=np.ascontiguousarray(keys, dtype=np.float32),
-        key_bias=bias.detach().float().cpu().numpy(),
+        keys=np.ascontiguousarray(qkv_out[:, dim : 2 * dim], dtype=np.float32),
+        key_bias=bias[dim : 2 * dim],
         tokens=np.ascontiguousarray(tokens[0, prefix:].float().cpu().numpy()),
         grid=grid,
+        queries=np.ascontiguousarray(qkv_out[:, :dim] - bias[:dim], dtype=np.float32),
+        values=np.ascontiguousarray(qkv_out[:, 2 * dim :] - bias[2 * dim :], dtype=np.float32),
     )

@@ -36,6 +36,13 @@ class Confusion:
         self.matrix = np.zeros((self.k, self.c), dtype=np.int64)
         self.unlabelled_per_class = np.zeros(self.c, dtype=np.int64)
 
+    def grow(self, c: int) -> None:
+        """Widen to ``c`` classes (index ground truth learns C from the data)."""
+        if c > self.c:
+            self.matrix = np.pad(self.matrix, ((0, 0), (0, c - self.c)))
+            self.unlabelled_per_class = np.pad(self.unlabelled_per_class, (0, c - self.c))
+            self.c = c
+
     def add(self, pred: np.ndarray, gt: np.ndarray, ignore: int | None = None) -> None:
         """Count one image.
 

@@ -1,0 +1,226 @@
+"""The ``datus`` command: DatUS on a folder of images, headless.
+
+``datus run IMAGES_DIR --out OUT_DIR [--gt GT_DIR ...]`` writes the files listed in
+:mod:`napari_datus.outputs`. Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from napari_datus import __version__
+from napari_datus.core.backbone import default_model, default_weights, load_backbone
+from napari_datus.core.embeddings import EMBEDDINGS
+from napari_datus.core.errors import DatusError
+from napari_datus.core.graph import AFFINITIES
+from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.partition import PARTITIONS
+from napari_datus.io.dataset import list_images, match_ground_truth
+from napari_datus.io.images import read_image
+from napari_datus.io.masks import GT_FORMATS, class_colours, class_names, read_ground_truth
+from napari_datus.outputs import (
+    check_writable,
+    command_line,
+    package_versions,
+    write_colour_pseudo_mask,
+    write_grid_outputs,
+    write_json,
+    write_pseudo_mask,
+)
+from napari_datus.pipeline import Params, Skipped, Timer, cluster, pseudo_mask, segment_dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``datus`` and its sub-commands."""
+    defaults = Params()
+    parser = argparse.ArgumentParser(prog="datus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-datus {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="segment a folder of images without labels")
+    run.add_argument("images", type=Path, metavar="IMAGES_DIR")
+    run.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    run.add_argument("--gt", type=Path, metavar="GT_DIR",
+                     help="ground-truth masks, matched to images by file stem")
+    run.add_argument("--gt-format", choices=GT_FORMATS, default="index")
+    run.add_argument("--gt-ignore", type=int, default=255,
+                     help="index value meaning unlabelled in index ground truth (default 255)")
+    run.add_argument("--model", default=default_model(),
+                     help="timm model name (default $DATUS_MODEL or %(default)s)")
+    run.add_argument("--weights", default=default_weights(),
+                     help="local .pth/.safetensors state dict (default $DATUS_WEIGHTS)")
+    run.add_argument("--resolution", type=int, default=defaults.resolution)
+    run.add_argument("--clusters", type=int, default=defaults.clusters, metavar="K")
+    run.add_argument("--tau", type=int, default=defaults.tau)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--affinity", choices=AFFINITIES, default=defaults.affinity)
+    run.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
+    run.add_argument("--embedding", choices=EMBEDDINGS, default=defaults.embedding)
+    run.add_argument("--n-init", type=int, default=defaults.n_init,
+                     help="k-means restarts (default %(default)s)")
+    run.add_argument("--self-loops", action="store_true",
+                     help="keep each patch's edge to itself in the affinity graph")
+    return parser
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    """Params from parsed ``datus run`` arguments."""
+    return Params(model=args.model, weights=args.weights, resolution=args.resolution,
+                  clusters=args.clusters, tau=args.tau, seed=args.seed, device=args.device,
+                  batch_size=args.batch_size, affinity=args.affinity, partition=args.partition,
+                  embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (kept outside the progress bar)."""
+    tqdm.write(f"datus: warning: {message}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> dict:
+    """``datus run``: stages 1-6, every output file, run.json and metrics.json.
+
+    Returns
+    -------
+    The run.json content.
+    """
+    start = time.perf_counter()
+    params = params_from_args(args)
+    params.validate()
+    out: Path = args.out
+    files = list_images(args.images)
+    gt_files = match_ground_truth(files, args.gt) if args.gt else {}
+    check_writable(out)
+    backbone = load_backbone(params.model, params.weights, params.device)
+    timer = Timer()
+    sources = [(f.stem, partial(read_image, f)) for f in files]
+    with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar:
+        gen = segment_dataset(sources, len(files), backbone, params, timer)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                results, skipped = stop.value
+                break
+            if event.result is not None:
+                r = event.result
+                with timer("write"):
+                    write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
+            bar.update(1)
+    for s in skipped:
+        warn(f"skipped {s.file}: {s.reason}")
+    if not results:
+        raise DatusError("no image could be processed")
+    with timer("kmeans"):
+        clusters = cluster(results, params)
+    metrics_inputs = _write_masks(out, results, clusters, gt_files, args, timer, skipped)
+    run_info = {
+        "command": command_line(),
+        "params": params.to_dict(),
+        "device": str(backbone.device),
+        "versions": package_versions(),
+        "timings": timer.seconds,
+        "seconds_total": time.perf_counter() - start,
+        "segments": _segment_counts(results),
+        "images": [r.stem for r in results],
+        "skipped": [vars(s) for s in skipped],
+        "inputs": {f.stem: {"image": str(f.resolve()),
+                            "gt": str(gt_files[f.stem].resolve()) if f.stem in gt_files else None}
+                   for f in files},
+        "gt": metrics_inputs,
+    }
+    write_json(out / "run.json", run_info)
+    return run_info
+
+
+def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
+                 args: argparse.Namespace, timer: Timer, skipped: list[Skipped]) -> dict | None:
+    """Write pseudo masks, accumulate the confusion matrix, write metrics.json."""
+    confusion = Confusion(args.clusters, 0 if args.gt_format == "index" else
+                          len(class_names(args.gt_format)))
+    ignore = args.gt_ignore if args.gt_format == "index" else None
+    evaluated: list[str] = []
+    for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
+                     file=sys.stderr):
+        mask = pseudo_mask(r, c)
+        with timer("write"):
+            write_pseudo_mask(out, r.stem, mask)
+        if r.stem not in gt_files:
+            if args.gt:
+                skipped.append(Skipped(r.stem, "no ground-truth file: left out of the metrics"))
+            continue
+        try:
+            with timer("read"):
+                gt = read_ground_truth(gt_files[r.stem], args.gt_format)
+        except DatusError as exc:
+            skipped.append(Skipped(str(gt_files[r.stem]), f"left out of the metrics: {exc}"))
+            warn(str(exc))
+            continue
+        if gt.shape != mask.shape:
+            reason = (f"ground truth {gt_files[r.stem].name} is {gt.shape[1]}x{gt.shape[0]} but"
+                      f" its image is {mask.shape[1]}x{mask.shape[0]}: left out of the metrics")
+            skipped.append(Skipped(str(gt_files[r.stem]), reason))
+            warn(reason)
+            continue
+        if args.gt_format == "index":
+            labelled = gt[gt != ignore]
+            confusion.grow(int(labelled.max(initial=-1)) + 1)
+        confusion.add(mask, gt, ignore)
+        evaluated.append(r.stem)
+    if not args.gt:
+        return None
+    if not evaluated:
+        warn("no image had usable ground truth: metrics.json not written")
+        return None
+    names = class_names(args.gt_format, confusion.c)
+    metrics = {"classes": names, "images": evaluated,
+               "initial": evaluate(confusion, names)}
+    write_json(out / "metrics.json", metrics)
+    colours = class_colours(args.gt_format)
+    if colours is not None:
+        for r, c in zip(results, clusters):
+            with timer("write"):
+                write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c),
+                                         metrics["initial"]["mapping"], colours)
+    return {"format": args.gt_format, "ignore": ignore, "classes": names, "dir": str(args.gt)}
+
+
+def _segment_counts(results) -> dict[str, float]:
+    valid = sum(r.segments.n_valid for r in results)
+    noise = sum(r.segments.n_noise for r in results)
+    return {"valid": valid, "noise": noise,
+            "valid_fraction": valid / (valid + noise) if valid + noise else 0.0,
+            "per_image_valid_mean": float(np.mean([r.segments.n_valid for r in results]))}
+
+
+COMMANDS = {"run": run_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``datus`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except DatusError as exc:
+        print(f"datus: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("datus: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, but the user still gets one line, not a traceback
+        print(f"datus: internal error: {exc.__class__.__name__}: {exc}"
+              " (please report it with the command line)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
