@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
 from napari_datus.core.embeddings import (
@@ -25,11 +26,22 @@ from napari_datus.core.embeddings import (
     pooled_token_embeddings,
 )
 from napari_datus.core.errors import DatusError
-from napari_datus.core.features import check_resolution, extract_features, resize_image
+from napari_datus.core.features import (
+    PatchFeatures,
+    check_resolution,
+    extract_features,
+    resize_image,
+)
 from napari_datus.core.graph import AFFINITIES, adjacency
 from napari_datus.core.partition import PARTITIONS, louvain
-from napari_datus.core.pseudolabel import cluster_segments, paint_grid, upsample_nearest
+from napari_datus.core.pseudolabel import (
+    cluster_segments,
+    fill_unlabelled,
+    paint_grid,
+    upsample_nearest,
+)
 from napari_datus.core.segments import Segments, split_segments
+from napari_datus.core.whitening import EMBEDDING_NORMS, normalise_embeddings
 
 STAGES = ("read", "keys", "graph", "partition", "segments", "embeddings", "kmeans", "write")
 
@@ -51,10 +63,17 @@ class Params:
     embedding: str = "pooled-tokens"
     n_init: int = 10
     self_loops: bool = False
+    # Dataset-wide normalisation of segment embeddings before k-means (core.whitening).
+    embedding_norm: str = "l2"
+    # Weight each segment by its size in k-means, so the objective counts patches, not segments.
+    size_weighted: bool = False
+    # Label noise patches with their nearest segment's cluster (coverage 1 before de-noising).
+    fill_noise: bool = False
 
     def validate(self) -> None:
         """Raise one DatusError naming the first bad setting."""
-        choices = {"affinity": AFFINITIES, "partition": PARTITIONS, "embedding": EMBEDDINGS}
+        choices = {"affinity": AFFINITIES, "partition": PARTITIONS, "embedding": EMBEDDINGS,
+                   "embedding_norm": EMBEDDING_NORMS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DatusError(f"unknown {name} {getattr(self, name)!r}:"
@@ -124,7 +143,7 @@ class DatasetResult:
 
     def pseudo_mask(self, index: int) -> np.ndarray:
         """(H, W) uint8 initial pseudo mask of image ``index``, 255 = unlabelled."""
-        return pseudo_mask(self.results[index], self.clusters[index])
+        return pseudo_mask(self.results[index], self.clusters[index], self.params.fill_noise)
 
     def segment_counts(self) -> dict[str, float]:
         """Valid and noise segment counts, and the valid fraction (paper Table II)."""
@@ -175,6 +194,25 @@ def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: s
     with timer("keys"):
         resized = resize_image(image, params.resolution)
         features = extract_features(backbone, resized)
+    return segment_features(features, params, (int(image.shape[0]), int(image.shape[1])),
+                            stem, timer, backbone, resized)
+
+
+def segment_features(features: PatchFeatures, params: Params, shape: tuple[int, int],
+                     stem: str = "", timer: Timer | None = None,
+                     backbone: Backbone | None = None,
+                     resized: torch.Tensor | None = None) -> ImageResult:
+    """Stages 2-5 from one image's patch features (reused across settings by benchmarks).
+
+    Parameters
+    ----------
+    features : PatchFeatures
+    params : Params
+    shape : (H, W) of the original image
+    backbone, resized : only needed for the ``crop-cls`` embedding (the resized
+        ``(3, T, T)`` image the features came from).
+    """
+    timer = timer or Timer()
     with timer("graph"):
         adj = adjacency(features, params.affinity, params.self_loops)
     with timer("partition"):
@@ -184,11 +222,13 @@ def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: s
         segments = split_segments(partition, params.tau)
     with timer("embeddings"):
         if params.embedding == "crop-cls":
+            if backbone is None or resized is None:
+                raise DatusError("the crop-cls embedding needs the backbone and resized image")
             embeddings = crop_cls_embeddings(backbone, resized, segments.valid, params.batch_size)
         else:
             embeddings = pooled_token_embeddings(features.tokens, segments.valid)
-    return ImageResult(stem=stem, shape=(int(image.shape[0]), int(image.shape[1])),
-                       partition=partition, segments=segments, embeddings=embeddings)
+    return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
+                       embeddings=embeddings)
 
 
 ImageSource = tuple[str, Callable[[], np.ndarray]]
@@ -243,14 +283,24 @@ def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
     dim = next((r.embeddings.shape[1] for r in results if r.embeddings.size), 0)
     stacked = np.concatenate([r.embeddings for r in results if r.embeddings.size]) if dim \
         else np.zeros((0, 1), dtype=np.float32)
-    labels = cluster_segments(stacked, params.clusters, params.seed, params.n_init)
+    if stacked.shape[0]:
+        stacked = normalise_embeddings(stacked, params.embedding_norm)
+    weights = (np.concatenate([r.segments.sizes for r in results]).astype(np.float64)
+               if params.size_weighted else None)
+    labels = cluster_segments(stacked, params.clusters, params.seed, params.n_init, weights)
     counts = [r.embeddings.shape[0] for r in results]
     return np.split(labels, np.cumsum(counts)[:-1]) if counts else []
 
 
-def pseudo_mask(result: ImageResult, clusters: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 initial pseudo mask at the original image size, 255 = unlabelled."""
-    return upsample_nearest(paint_grid(result.segments.valid, clusters), result.shape)
+def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = False) -> np.ndarray:
+    """(H, W) uint8 initial pseudo mask at the original image size, 255 = unlabelled.
+
+    With ``fill_noise`` noise patches take their nearest valid segment's cluster.
+    """
+    grid = paint_grid(result.segments.valid, clusters)
+    if fill_noise:
+        grid = fill_unlabelled(grid)
+    return upsample_nearest(grid, result.shape)
 
 
 def run(

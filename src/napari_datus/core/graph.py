@@ -13,6 +13,12 @@ Affinity variants (``--affinity``):
     Keys minus their per-image mean, same binary rule.
 ``weighted``
     Keys without bias, edge weight ``max(k_i . k_j, 0)`` instead of 1.
+``queries`` / ``values``
+    Last-block queries or values without their qkv bias, binary rule.
+``tokens``
+    Final normed patch tokens minus their per-image mean, binary rule: the features
+    the segments are later embedded with; centring removes the LayerNorm offset that
+    every token shares (the analogue of the key bias).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import PatchFeatures
 
-AFFINITIES = ("paper", "keys-nobias", "keys-centred", "weighted")
+AFFINITIES = ("paper", "keys-nobias", "keys-centred", "weighted", "queries", "values", "tokens")
 
 
 def affinity_keys(features: PatchFeatures, affinity: str) -> np.ndarray:
@@ -38,6 +44,14 @@ def affinity_keys(features: PatchFeatures, affinity: str) -> np.ndarray:
         return features.keys - features.key_bias[None, :]
     if affinity == "keys-centred":
         return features.keys - features.keys.mean(axis=0, keepdims=True)
+    if affinity == "tokens":
+        return features.tokens - features.tokens.mean(axis=0, keepdims=True)
+    if affinity in ("queries", "values"):
+        vectors = getattr(features, affinity)
+        if vectors is None:
+            raise DatusError(f"affinity {affinity!r} needs {affinity} in the patch features;"
+                             " extract them with core.features.extract_features")
+        return vectors
     raise DatusError(f"unknown affinity {affinity!r}: choose one of {', '.join(AFFINITIES)}")
 
 

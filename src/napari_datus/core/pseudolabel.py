@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from sklearn.cluster import KMeans
 
 from napari_datus.core.errors import DatusError
@@ -11,7 +12,7 @@ UNLABELLED = 255
 
 
 def cluster_segments(embeddings: np.ndarray, k: int, seed: int = 0,
-                     n_init: int = 10) -> np.ndarray:
+                     n_init: int = 10, weights: np.ndarray | None = None) -> np.ndarray:
     """k-means over all valid segments of the dataset.
 
     Parameters
@@ -23,6 +24,9 @@ def cluster_segments(embeddings: np.ndarray, k: int, seed: int = 0,
     seed : int
     n_init : int
         k-means restarts; the best inertia wins (k-means is unstable on these features).
+    weights : (M,) float, optional
+        Weight of each segment in the k-means objective (e.g. its size in patches, so
+        the clustering minimises the error per pixel rather than per segment).
 
     Returns
     -------
@@ -38,7 +42,8 @@ def cluster_segments(embeddings: np.ndarray, k: int, seed: int = 0,
         raise DatusError(f"K={k} clusters but only {m} valid segments in the whole dataset;"
                          f" use K <= {m}, more images or a smaller tau")
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
-    return km.fit_predict(embeddings.astype(np.float64)).astype(np.uint8)
+    return km.fit_predict(embeddings.astype(np.float64),
+                          sample_weight=weights).astype(np.uint8)
 
 
 def paint_grid(segments: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -55,6 +60,27 @@ def paint_grid(segments: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """
     lut = np.concatenate([[UNLABELLED], np.asarray(clusters, dtype=np.uint8)]).astype(np.uint8)
     return lut[segments]
+
+
+def fill_unlabelled(grid: np.ndarray) -> np.ndarray:
+    """Give every unlabelled patch the label of its nearest labelled patch.
+
+    Noise components are mostly thin borders between segments, so the nearest
+    segment's cluster is the best guess without a second model.
+
+    Parameters
+    ----------
+    grid : (g, g) uint8, 255 = unlabelled
+
+    Returns
+    -------
+    (g, g) uint8; unchanged if no patch is labelled
+    """
+    unlabelled = grid == UNLABELLED
+    if unlabelled.all() or not unlabelled.any():
+        return grid.copy()
+    _, (rows, cols) = ndimage.distance_transform_edt(unlabelled, return_indices=True)
+    return grid[rows, cols]
 
 
 def upsample_nearest(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

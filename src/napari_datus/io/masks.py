@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -128,7 +129,9 @@ def write_index_mask(path: str | Path, labels: np.ndarray) -> Path:
         raise DatusError(f"mask for {path.name} holds negative ids")
     if top > np.iinfo(np.uint16).max:
         path = path.with_suffix(".tif")
-        _atomic_write(path, lambda f: tifffile.imwrite(f, labels.astype(np.uint32)))
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, labels.astype(np.uint32))
+        _atomic_write(path, lambda f: f.write(buffer.getvalue()))
         return path
     dtype = np.uint8 if labels.dtype == np.uint8 else np.uint16
     image = Image.fromarray(labels.astype(dtype))

@@ -1,0 +1,69 @@
+"""npe2 reader: open SUIM colour masks (PNG, BMP) as a Labels layer named by class.
+
+The layer holds the SUIM colour code (``suim8``: 0 BW ... 7 SUIM SR), drawn in the SUIM
+colours, with the class names as layer features so napari's status bar shows them.
+Files that are not SUIM colour masks are declined (the reader returns None), so napari
+falls back to its own image reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_datus.core.errors import DatusError
+from napari_datus.io.images import read_array
+from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim
+
+LayerData = tuple[np.ndarray, dict[str, Any], str]
+SUFFIXES = (".png", ".bmp")
+
+
+def suim_labels_kwargs(name: str) -> dict[str, Any]:
+    """Layer keyword arguments for ``suim8`` class codes: SUIM colours and class names."""
+    colours = {code: tuple(rgb / 255.0) for code, rgb in enumerate(SUIM8_COLOURS)}
+    return {
+        "name": name,
+        "colormap": {**colours, None: "transparent"},
+        "features": {"index": np.arange(len(SUIM8_NAMES)), "class": list(SUIM8_NAMES)},
+        "metadata": {"gt_format": "suim8"},
+    }
+
+
+def read_suim_masks(paths: Sequence[str | Path]) -> np.ndarray:
+    """Decode SUIM colour masks as class codes.
+
+    Returns
+    -------
+    (H, W) uint8 for one file, (N, H, W) uint8 for several of one size
+
+    Raises
+    ------
+    DatusError
+        If a file is not a SUIM colour mask or the sizes differ.
+    """
+    masks = [decode_suim(read_array(p), "suim8", name=str(p)) for p in paths]
+    if len({m.shape for m in masks}) > 1:
+        raise DatusError("SUIM masks of different sizes cannot be stacked: "
+                         + ", ".join(f"{Path(p).name} {m.shape}" for p, m in zip(paths, masks)))
+    return masks[0] if len(masks) == 1 else np.stack(masks)
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return a reader when every path is a SUIM colour mask, else None."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or any(Path(p).suffix.lower() not in SUFFIXES for p in paths):
+        return None
+    try:
+        codes = read_suim_masks(paths)
+    except DatusError:
+        return None
+    name = Path(paths[0]).stem if len(paths) == 1 else f"{Path(paths[0]).parent.name} masks"
+
+    def reader(_path: Any) -> list[LayerData]:
+        return [(codes, suim_labels_kwargs(name), "labels")]
+
+    return reader

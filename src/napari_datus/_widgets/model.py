@@ -1,0 +1,329 @@
+"""What the widgets compute, without Qt: image stacks, layer arrays, metrics, segment QA.
+
+Layer conventions (DESIGN 6): napari draws label 0 transparent, so the pseudo-mask
+layer holds cluster ``c`` as ``c + 1`` with 0 = unlabelled, the partitions layer holds
+community ``p`` as ``p + 1``, segments hold their id (noise 0) and the noise layer is 1
+where noise. Files keep the ``datus run`` conventions; :mod:`.export` converts back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import islice
+
+import matplotlib
+import numpy as np
+
+from napari_datus.core.embeddings import masked_crops
+from napari_datus.core.errors import DatusError
+from napari_datus.core.features import resize_image
+from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
+from napari_datus.io.images import to_rgb_uint8
+from napari_datus.io.masks import (
+    SUIM8_TO_SUIM6,
+    class_colours,
+    class_names,
+    decode_index,
+    decode_suim,
+)
+from napari_datus.pipeline import DatasetResult, ImageResult
+
+LAYER_SUFFIXES = ("partitions", "segments", "noise", "pseudo mask")
+UNMATCHED_COLOUR = (0.5, 0.5, 0.5, 1.0)
+
+
+@dataclass
+class ImageStack:
+    """An image layer's data seen as a dataset.
+
+    Attributes
+    ----------
+    images : (N, H, W) or (N, H, W, C) array, a view of the layer data
+    stems : one name per image
+    is_stack : False when the layer is one 2D image (layers then drop the N axis)
+    """
+
+    images: np.ndarray
+    stems: list[str]
+    is_stack: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(N, H, W)"""
+        return tuple(int(s) for s in self.images.shape[:3])
+
+
+def image_stack(data: np.ndarray, rgb: bool, name: str,
+                stems: list[str] | None = None) -> ImageStack:
+    """Read an Image layer's data as ``N`` images.
+
+    Parameters
+    ----------
+    data : (H, W), (H, W, C) with ``rgb``, (N, H, W) or (N, H, W, C) with ``rgb``
+    rgb : the layer's ``rgb`` flag (last axis is colour)
+    name : layer name, for messages and default stems
+    stems : file stems from the layer metadata, used when there is one per image
+    """
+    spatial = np.ndim(data) - int(rgb)
+    if spatial not in (2, 3):
+        raise DatusError(f"layer {name!r} has shape {np.shape(data)}: choose a 2D gray or RGB"
+                         " image, or a stack (N, H, W[, 3]) of them")
+    images = np.asarray(data)
+    is_stack = spatial == 3
+    if not is_stack:
+        images = images[None]
+    n = images.shape[0]
+    if not stems or len(stems) != n:
+        stems = [name] if not is_stack else [f"{name}_{i:04d}" for i in range(n)]
+    return ImageStack(images=images, stems=list(stems), is_stack=is_stack)
+
+
+@dataclass
+class WidgetRun:
+    """A finished run over an image layer, shared by the widgets through layer metadata.
+
+    Attributes
+    ----------
+    image_name : name of the image layer, the prefix of every result layer
+    stack : ImageStack
+    result : DatasetResult from :func:`napari_datus.pipeline.run`
+    patch_size, input_size : the backbone's, for segment crops
+    metrics : last ``evaluate`` block computed against ground truth, if any
+    class_names : classes of that ground truth
+    class_colours : (C, 4) float RGBA per class
+    gt : (N, H, W) class ids of that ground truth, kept so metrics follow reassignments
+    """
+
+    image_name: str
+    stack: ImageStack
+    result: DatasetResult
+    patch_size: int
+    input_size: int
+    metrics: dict | None = None
+    class_names: list[str] = field(default_factory=list)
+    class_colours: np.ndarray | None = None
+    gt: np.ndarray | None = None
+
+    def layer_name(self, suffix: str) -> str:
+        return f"{self.image_name} {suffix}"
+
+    def image_result(self, index: int) -> tuple[int, ImageResult] | None:
+        """Position in ``result.results`` and the result of stack image ``index``."""
+        stem = self.stack.stems[index]
+        for position, r in enumerate(self.result.results):
+            if r.stem == stem:
+                return position, r
+        return None
+
+
+def to_layer_labels(mask: np.ndarray) -> np.ndarray:
+    """Pseudo mask file convention (255 unlabelled) to layer convention (0 unlabelled, c + 1)."""
+    return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint8)
+
+
+def layer_arrays(run: WidgetRun) -> dict[str, np.ndarray]:
+    """Full-size arrays for every result layer, keyed by layer suffix.
+
+    Returns
+    -------
+    dict suffix -> (N, H, W) array, or (H, W) for a single image; images that the
+    pipeline skipped stay 0. Dtypes: partitions/segments the smallest unsigned type that
+    holds their ids, noise and pseudo mask uint8.
+    """
+    n, height, width = run.stack.shape
+    grids = {suffix: [] for suffix in LAYER_SUFFIXES}
+    for index in range(n):
+        found = run.image_result(index)
+        if found is None:
+            for suffix in LAYER_SUFFIXES:
+                grids[suffix].append(None)
+            continue
+        position, r = found
+        grids["partitions"].append(r.partition.astype(np.int64) + 1)
+        grids["segments"].append(r.segments.valid)
+        grids["noise"].append((r.segments.valid == 0).astype(np.uint8))
+        grids["pseudo mask"].append(to_layer_labels(run.result.pseudo_mask(position)))
+    arrays = {}
+    for suffix, per_image in grids.items():
+        top = max((int(g.max(initial=0)) for g in per_image if g is not None), default=0)
+        dtype = np.uint8 if suffix in ("noise", "pseudo mask") else np.min_scalar_type(top)
+        out = np.zeros((n, height, width), dtype=dtype)
+        for index, grid in enumerate(per_image):
+            if grid is not None:
+                out[index] = upsample_nearest(grid, (height, width)).astype(dtype)
+        arrays[suffix] = out if run.stack.is_stack else out[0]
+    return arrays
+
+
+def ground_truth(data: np.ndarray, is_labels: bool, rgb: bool, fmt: str,
+                 layer_format: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Decode a ground-truth layer to class ids.
+
+    Parameters
+    ----------
+    data : Labels data (N, H, W) / (H, W), or an RGB image (N, H, W, 3) / (H, W, 3)
+    is_labels : the layer is a Labels layer
+    rgb : for an Image layer, its ``rgb`` flag
+    fmt : ``index``, ``suim6`` or ``suim8``
+    layer_format : ``"suim8"`` when a Labels layer holds SUIM colour codes (the reader's
+        and sample's layers say so in their metadata)
+
+    Returns
+    -------
+    (N, H, W) int class ids (one image gets N = 1) and the class names
+    """
+    data = np.asarray(data)
+    if is_labels:
+        codes = data if data.ndim == 3 else data[None]
+        if fmt == "index":
+            classes = codes.astype(np.int64)
+        elif layer_format != "suim8" and codes.max(initial=0) > 7:
+            raise DatusError(f"labels hold id {codes.max()}: not SUIM class codes 0..7;"
+                             " choose the index format")
+        else:
+            classes = codes if fmt == "suim8" else SUIM8_TO_SUIM6[codes]
+    else:
+        stack = data if data.ndim == 3 + int(rgb) else data[None]
+        if fmt == "index":
+            classes = np.stack([decode_index(im, name="ground-truth image") for im in stack])
+        else:
+            if not rgb:
+                raise DatusError("SUIM ground truth must be an RGB image layer of SUIM colours")
+            classes = np.stack([decode_suim(im, fmt, name="ground-truth image") for im in stack])
+    if classes.min(initial=0) < 0:
+        raise DatusError("ground truth holds negative class ids")
+    n_classes = int(classes.max(initial=0)) + 1 if fmt == "index" else None
+    return classes, class_names(fmt, n_classes)
+
+
+def class_rgba(fmt: str, n_classes: int) -> np.ndarray:
+    """(C, 4) float RGBA per class: SUIM colours for SUIM formats, else a tab20 cycle."""
+    colours = class_colours(fmt)
+    if colours is not None:
+        rgb = colours / 255.0
+    else:
+        cycle = matplotlib.colormaps["tab20"].colors
+        rgb = np.array([cycle[i % len(cycle)] for i in range(n_classes)])
+    return np.hstack([rgb, np.ones((len(rgb), 1))])
+
+
+def compute_metrics(run: WidgetRun) -> dict:
+    """Initial pseudo masks against ``run.gt`` with the core's Confusion and evaluate.
+
+    Raises
+    ------
+    DatusError
+        If the ground truth's shape differs from the image stack's.
+    """
+    if run.gt is None:
+        raise DatusError("choose a ground-truth layer first")
+    if run.gt.shape != run.stack.shape:
+        raise DatusError(f"ground truth has shape {run.gt.shape} but the image stack"
+                         f" {run.image_name!r} has {run.stack.shape} (N, H, W); ground truth"
+                         " is never resized")
+    confusion = Confusion(run.result.params.clusters, len(run.class_names))
+    for index in range(run.stack.shape[0]):
+        found = run.image_result(index)
+        if found is not None:
+            confusion.add(run.result.pseudo_mask(found[0]), run.gt[index])
+    return evaluate(confusion, run.class_names)
+
+
+def pseudo_colormap(run: WidgetRun) -> tuple[dict, dict]:
+    """Colours and names of the pseudo-mask layer's labels ``c + 1``.
+
+    Matched clusters take their class's colour and name; unmatched ones are grey.
+    Before any metrics, clusters keep napari's default colours (empty dict).
+
+    Returns
+    -------
+    (colormap dict for a DirectLabelColormap or {}, features dict)
+    """
+    k = run.result.params.clusters
+    features: dict = {"index": np.arange(1, k + 1), "cluster": np.arange(k)}
+    if run.metrics is None or run.class_colours is None:
+        return {}, features
+    mapping = run.metrics["mapping"]
+    matched = [mapping[str(c)] for c in range(k)]
+    colours = {c + 1: (tuple(run.class_colours[m]) if m is not None else UNMATCHED_COLOUR)
+               for c, m in enumerate(matched)}
+    features["class"] = [run.class_names[m] if m is not None else "unmatched" for m in matched]
+    return {0: "transparent", None: UNMATCHED_COLOUR, **colours}, features
+
+
+@dataclass
+class SegmentInfo:
+    """What segment QA shows for one clicked patch.
+
+    Attributes
+    ----------
+    index : image in the stack
+    segment : valid segment id, 0 for noise
+    component : connected component id (noise included)
+    patches : size of the component in patches
+    cluster : k-means cluster of a valid segment, None for noise
+    """
+
+    index: int
+    segment: int
+    component: int
+    patches: int
+    cluster: int | None
+
+    @property
+    def valid(self) -> bool:
+        return self.segment > 0
+
+
+def segment_at(run: WidgetRun, index: int, row: float, col: float) -> SegmentInfo:
+    """The segment under pixel (row, col) of stack image ``index``."""
+    n, height, width = run.stack.shape
+    if not (0 <= index < n and 0 <= row < height and 0 <= col < width):
+        raise DatusError(f"pixel ({row:.0f}, {col:.0f}) of image {index} is outside the image")
+    found = run.image_result(index)
+    if found is None:
+        raise DatusError(f"image {run.stack.stems[index]} was skipped by the pipeline")
+    position, r = found
+    grid_h, grid_w = r.segments.valid.shape
+    # Same nearest rule as upsample_nearest, inverted for one pixel.
+    gr = min(int((int(row) + 0.5) * grid_h / height), grid_h - 1)
+    gc = min(int((int(col) + 0.5) * grid_w / width), grid_w - 1)
+    segment = int(r.segments.valid[gr, gc])
+    component = int(r.segments.components[gr, gc])
+    patches = int((r.segments.components == component).sum())
+    cluster = int(run.result.clusters[position][segment - 1]) if segment else None
+    return SegmentInfo(index, segment, component, patches, cluster)
+
+
+def segment_crop(run: WidgetRun, info: SegmentInfo) -> np.ndarray:
+    """The masked crop of a segment, as the ``crop-cls`` embedding sees it.
+
+    Returns
+    -------
+    (S, S, 3) uint8 with S the backbone's input size
+    """
+    _position, r = run.image_result(info.index)
+    image = to_rgb_uint8(run.stack.images[info.index], name=run.stack.stems[info.index])
+    resized = resize_image(image, run.result.params.resolution)
+    # A one-segment id map makes masked_crops yield exactly this component's crop.
+    alone = (r.segments.components == info.component).astype(np.int32)
+    crop = next(islice(masked_crops(resized, alone, run.patch_size, run.input_size), 1))
+    return (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarray:
+    """Move a valid segment to another cluster.
+
+    Returns
+    -------
+    The image's new pseudo mask in layer convention, (H, W) uint8
+    """
+    k = run.result.params.clusters
+    if segment < 1:
+        raise DatusError("noise has no cluster: choose a valid segment")
+    if not 0 <= cluster < k:
+        raise DatusError(f"cluster {cluster} is outside 0..{k - 1}")
+    position, _r = run.image_result(index)
+    run.result.clusters[position][segment - 1] = cluster
+    return to_layer_labels(run.result.pseudo_mask(position))

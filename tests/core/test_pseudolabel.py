@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from napari_datus.core.errors import DatusError
+from napari_datus.core.pseudolabel import cluster_segments, paint_grid, upsample_nearest
+
+
+def test_k_larger_than_segments_is_a_clear_error():
+    with pytest.raises(DatusError, match="K=5 clusters but only 3 valid segments"):
+        cluster_segments(np.eye(3, dtype=np.float32), 5)
+
+
+def test_no_segments_at_all():
+    with pytest.raises(DatusError, match="no valid segment"):
+        cluster_segments(np.zeros((0, 4), dtype=np.float32), 2)
+
+
+def test_kmeans_is_seeded_and_finds_separated_groups(rng):
+    a = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[0]
+    b = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[1]
+    x = np.vstack([a, b]).astype(np.float32)
+    labels = cluster_segments(x, 2, seed=4)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1
+    assert labels[0] != labels[20]
+    np.testing.assert_array_equal(labels, cluster_segments(x, 2, seed=4))
+
+
+def test_paint_keeps_noise_unlabelled():
+    segments = np.array([[0, 1], [2, 2]])
+    np.testing.assert_array_equal(paint_grid(segments, np.array([3, 1])),
+                                  [[255, 3], [1, 1]])
+
+
+def test_upsample_is_nearest_and_exact_on_multiples():
+    grid = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    up = upsample_nearest(grid, (4, 6))
+    np.testing.assert_array_equal(up[:2, :3], 0)
+    np.testing.assert_array_equal(up[2:, 3:], 255)
+    assert up.dtype == np.uint8
+    odd = upsample_nearest(grid, (37, 53))
+    assert odd.shape == (37, 53) and set(np.unique(odd)) == {0, 1, 2, 255}

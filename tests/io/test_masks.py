@@ -1,0 +1,88 @@
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_datus.core.errors import DatusError
+from napari_datus.io.masks import (
+    SUIM8_COLOURS,
+    class_names,
+    decode_index,
+    decode_suim,
+    read_ground_truth,
+    write_index_mask,
+)
+
+
+def suim_mask() -> np.ndarray:
+    return SUIM8_COLOURS[np.arange(8).reshape(2, 4)]
+
+
+def test_suim8_decodes_the_colour_code_order():
+    np.testing.assert_array_equal(decode_suim(suim_mask(), "suim8"), np.arange(8).reshape(2, 4))
+
+
+def test_suim6_merges_background_plants_and_seafloor():
+    codes = decode_suim(suim_mask(), "suim6").ravel()
+    names = class_names("suim6")
+    assert [names[c] for c in codes] == ["BW+PF+SR", "HD", "BW+PF+SR", "WR", "RO", "RI", "FV",
+                                         "BW+PF+SR"]
+
+
+def test_near_pure_colours_threshold_at_127():
+    rgb = np.array([[[254, 0, 1], [0, 250, 255]]], dtype=np.uint8)
+    np.testing.assert_array_equal(decode_suim(rgb, "suim8"), [[4, 3]])
+
+
+def test_unknown_colours_are_refused():
+    rgb = np.full((10, 10, 3), 128, dtype=np.uint8)
+    with pytest.raises(DatusError, match="not one of the 8 SUIM colours"):
+        decode_suim(rgb, "suim6", name="m.png")
+
+
+def test_index_gt_refuses_colour_images():
+    with pytest.raises(DatusError, match="colour image, not an index mask"):
+        decode_index(suim_mask())
+    np.testing.assert_array_equal(decode_index(np.dstack([np.eye(2, dtype=np.uint8)] * 3)),
+                                  np.eye(2))
+
+
+@pytest.mark.parametrize("top, suffix, dtype", [(200, ".png", np.uint8),
+                                                (3000, ".png", np.uint16),
+                                                (70000, ".tif", np.uint32)])
+def test_index_masks_round_trip(tmp_path, top, suffix, dtype):
+    labels = np.array([[0, 1], [top, 5]], dtype=np.uint8 if top < 256 else np.int64)
+    path = write_index_mask(tmp_path / "m.png", labels)
+    assert path.suffix == suffix
+    back = tifffile.imread(path) if suffix == ".tif" else np.asarray(Image.open(path))
+    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == dtype
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_read_ground_truth_from_file(tmp_path):
+    Image.fromarray(suim_mask()).save(tmp_path / "gt.png")
+    assert read_ground_truth(tmp_path / "gt.png", "suim8").shape == (2, 4)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_unwritable_folder_is_a_clear_error(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(DatusError, match="cannot write"):
+            write_index_mask(tmp_path / "m.png", np.zeros((2, 2), dtype=np.uint8))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def broken_save(self, fp, format=None, **kw):
+        fp.write(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(DatusError, match="No space left"):
+        write_index_mask(tmp_path / "m.png", np.zeros((2, 2), dtype=np.uint8))
+    assert list(tmp_path.iterdir()) == []

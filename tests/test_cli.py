@@ -1,0 +1,145 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_datus import cli
+from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
+from tests.conftest import SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
+from tests.test_pipeline import blocky_images
+
+TINY_ARGS = ["--resolution", "64", "--clusters", "2", "--tau", "1", "--n-init", "2"]
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch, tiny_backbone):
+    """`datus` with the tiny random ViT in place of a real download."""
+    monkeypatch.setattr(cli, "load_backbone", lambda *a, **k: tiny_backbone)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three images plus SUIM colour ground truth of the same size."""
+    images, gts = tmp_path / "images", tmp_path / "gt"
+    images.mkdir()
+    gts.mkdir()
+    for i, img in enumerate(blocky_images(3)):
+        Image.fromarray(img).save(images / f"im{i}.png")
+        classes = (img.sum(axis=-1) > 0).astype(int) * 4  # robots on black water
+        Image.fromarray(SUIM8_COLOURS[classes]).save(gts / f"im{i}.png")
+    return tmp_path
+
+
+def datus(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_run_writes_every_output(tiny_cli, folder, capsys):
+    out = folder / "out"
+    code, _ = datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
+                    "--gt-format", "suim8", *TINY_ARGS)
+    assert code == 0
+    for sub in ("partitions", "segments", "pseudo_masks", "pseudo_masks_colour"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["im0.png", "im1.png", "im2.png"]
+    mask = np.asarray(Image.open(out / "pseudo_masks" / "im1.png"))
+    assert mask.shape == (64, 80) and mask.dtype == np.uint8
+    seg = np.asarray(Image.open(out / "segments" / "im1.png"))
+    assert seg.dtype == np.uint16
+    assert ((seg == 0) == (mask == 255)).all()  # noise is exactly the unlabelled pixels
+    run = json.loads((out / "run.json").read_text())
+    assert run["images"] == ["im0", "im1", "im2"]
+    assert {"model", "resolution", "clusters", "tau", "seed", "affinity", "partition",
+            "embedding"} <= set(run["params"])
+    assert run["segments"]["valid"] > 0 and 0 < run["segments"]["valid_fraction"] <= 1
+    assert {"keys", "partition", "kmeans"} <= set(run["timings"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["BW", "HD", "PF", "WR", "RO", "RI", "FV", "SR"]
+    assert np.array(metrics["initial"]["confusion"]).shape == (2, 8)
+
+
+def test_wrong_shape_and_unknown_colour_gt_are_skipped_from_metrics(tiny_cli, folder, capsys):
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(folder / "gt" / "im0.png")
+    Image.fromarray(np.full((64, 80, 3), 128, dtype=np.uint8)).save(folder / "gt" / "im1.png")
+    out = folder / "out"
+    code, err = datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
+                      "--gt-format", "suim6", *TINY_ARGS)
+    assert code == 0
+    assert "is 10x10 but its image is 80x64" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == ["im2"]
+    reasons = " ".join(s["reason"] for s in json.loads((out / "run.json").read_text())["skipped"])
+    assert "10x10" in reasons and "SUIM colours" in reasons
+
+
+def test_unreadable_image_is_skipped_and_recorded(tiny_cli, folder, capsys):
+    (folder / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = folder / "out"
+    code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)
+    assert code == 0 and "skipped broken" in err
+    run = json.loads((out / "run.json").read_text())
+    assert run["skipped"][0]["file"] == "broken" and "broken" not in run["images"]
+    assert not (out / "pseudo_masks" / "broken.png").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "image folder not found"),
+    ("unwritable", "is not writable"),
+    ("big-k", "valid segments in the whole dataset"),
+    ("bad-resolution", "not a multiple of the model's patch size"),
+])
+def test_errors_are_one_line(tiny_cli, folder, capsys, case, message):
+    images, out, extra = folder / "images", folder / "out", list(TINY_ARGS)
+    if case == "missing":
+        images = folder / "nothing"
+    elif case == "unwritable":
+        (folder / "a-file").write_text("x")
+        out = folder / "a-file" / "out"
+    elif case == "big-k":
+        extra[3] = "250"
+    else:
+        extra[1] = "60"
+    code, err = datus(capsys, "run", images, "--out", out, *extra)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("datus: error:") and message in err
+
+
+def test_corrupt_weights_file(folder, capsys):
+    weights = folder / "w.pth"
+    weights.write_bytes(b"\x00" * 100)
+    code, err = datus(capsys, "run", folder / "images", "--out", folder / "out",
+                      "--weights", weights, "--model", "vit_tiny_patch16_224")
+    assert code == 1 and "is corrupt or not a state dict" in err
+
+
+@pytest.mark.slow
+def test_real_weights_on_suim_images_metrics_match_written_masks(tmp_path, capsys):
+    require_shared(SUIM_IMAGES, SUIM_MASKS, WEIGHTS)
+    images = tmp_path / "images"
+    images.mkdir()
+    stems = sorted(p.stem for p in SUIM_IMAGES.glob("*.jpg"))[:4]
+    for stem in stems:
+        shutil.copy(SUIM_IMAGES / f"{stem}.jpg", images)
+    out = tmp_path / "out"
+    code, _ = datus(capsys, "run", images, "--out", out, "--gt", SUIM_MASKS, "--gt-format",
+                    "suim6", "--weights", WEIGHTS, "--clusters", "6", "--device", "cpu")
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    confusion = Confusion(6, 6)
+    for stem in stems:
+        image = Image.open(images / f"{stem}.jpg")
+        for sub in ("partitions", "segments", "pseudo_masks", "pseudo_masks_colour"):
+            assert Image.open(out / sub / f"{stem}.png").size == image.size
+        mask = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
+        confusion.add(mask, read_ground_truth(SUIM_MASKS / f"{stem}.png", "suim6"))
+    recomputed = evaluate(confusion, metrics["classes"])
+    assert json.loads(json.dumps(recomputed)) == metrics["initial"]
+    assert metrics["initial"]["coverage"] > 0.5
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"]["weights"] == str(WEIGHTS)
+    assert run["versions"]["timm"] != "not installed"
