@@ -143,3 +143,39 @@ def test_real_weights_on_suim_images_metrics_match_written_masks(tmp_path, capsy
     run = json.loads((out / "run.json").read_text())
     assert run["params"]["weights"] == str(WEIGHTS)
     assert run["versions"]["timm"] != "not installed"
+
+
+def test_index_ground_truth_with_ignore_value(tiny_cli, folder, capsys):
+    gts = folder / "index_gt"
+    gts.mkdir()
+    for i in range(3):
+        labels = np.full((64, 80), 11, dtype=np.uint8)  # CamVid's "void"
+        labels[:, :40] = i  # classes 0, 1, 2: C is learned from the data
+        Image.fromarray(labels).save(gts / f"im{i}.png")
+    out = folder / "out"
+    code, _ = datus(capsys, "run", folder / "images", "--out", out, "--gt", gts,
+                    "--gt-ignore", "11", *TINY_ARGS)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["0", "1", "2"]
+    confusion = np.array(metrics["initial"]["confusion"])
+    unlabelled = np.array(metrics["initial"]["unlabelled_per_class"])
+    assert confusion.sum() + unlabelled.sum() == 3 * 64 * 40  # void pixels never counted
+
+
+def test_interrupt_exits_cleanly_without_partial_files(tiny_cli, folder, capsys, monkeypatch):
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    original = cli.write_grid_outputs
+    monkeypatch.setattr(cli, "write_grid_outputs", interrupted)
+    out = folder / "out"
+    code = cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == ["im0.png", "im0.png"]  # first image's partition and segments only
