@@ -171,7 +171,8 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
             continue
         if args.gt_format == "index":
             labelled = gt[gt != ignore]
-            confusion.grow(int(labelled.max(initial=-1)) + 1)
+            if labelled.size:
+                confusion.grow(int(labelled.max()) + 1)
         confusion.add(mask, gt, ignore)
         evaluated.append(r.stem)
     if not args.gt:
