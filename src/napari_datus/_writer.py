@@ -47,9 +47,9 @@ def _write_tiff(path: Path, labels: np.ndarray) -> Path:
     """Atomic TIFF write: a temporary file in the same folder renamed over ``path``."""
     dtype = np.min_scalar_type(int(labels.max(initial=0)))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif.tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            tifffile.imwrite(f, labels.astype(dtype))
+        tifffile.imwrite(tmp, labels.astype(dtype))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,14 +16,18 @@ import numpy as np
 from tqdm import tqdm
 
 from napari_datus import __version__
+from napari_datus.cache import CACHE_ENV, FeatureCache, file_sources
 from napari_datus.core.backbone import default_model, default_weights, load_backbone
+from napari_datus.core.denoise import BACKBONES, DENOISE_OUTPUTS, DenoiseConfig, TrainProgress
 from napari_datus.core.embeddings import EMBEDDINGS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.graph import AFFINITIES
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.partition import PARTITIONS
+from napari_datus.core.whitening import EMBEDDING_NORMS
+from napari_datus.denoise_run import denoise_run
+from napari_datus.distributed import dask_client, segment_images
 from napari_datus.io.dataset import list_images, match_ground_truth
-from napari_datus.io.images import read_image
 from napari_datus.io.masks import GT_FORMATS, class_colours, class_names, read_ground_truth
 from napari_datus.outputs import (
     check_writable,
@@ -34,7 +38,7 @@ from napari_datus.outputs import (
     write_json,
     write_pseudo_mask,
 )
-from napari_datus.pipeline import Params, Skipped, Timer, cluster, pseudo_mask, segment_dataset
+from napari_datus.pipeline import Params, Skipped, Timer, cluster, pseudo_mask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
                      help="k-means restarts (default %(default)s)")
     run.add_argument("--self-loops", action="store_true",
                      help="keep each patch's edge to itself in the affinity graph")
+    run.add_argument("--knn", type=int, default=defaults.knn,
+                     help="neighbours per patch for the *-knn affinities (default %(default)s)")
+    run.add_argument("--embedding-norm", choices=EMBEDDING_NORMS,
+                     default=defaults.embedding_norm,
+                     help="dataset-wide normalisation of segment embeddings before k-means")
+    run.add_argument("--size-weighted", action="store_true",
+                     help="weight each segment by its size in k-means")
+    run.add_argument("--fill-noise", action="store_true",
+                     help="label noise patches with their nearest segment's cluster")
+    run.add_argument("--no-cache", action="store_true",
+                     help=f"neither read nor write the feature cache (${CACHE_ENV},"
+                          " default the user cache folder)")
+    scale = run.add_mutually_exclusive_group()
+    scale.add_argument("--dask-scheduler", metavar="ADDRESS",
+                       help="run the per-image stages on this dask.distributed scheduler")
+    scale.add_argument("--dask-local", type=int, metavar="N",
+                       help="run the per-image stages on a local dask cluster of N processes")
+    run.add_argument("--denoise", action="store_true",
+                     help="then train DeepLabV3 on the pseudo masks and write denoised/")
+    add_denoise_options(run)
+    denoise = sub.add_parser("denoise", help="de-noise the pseudo masks of a finished run")
+    denoise.add_argument("out", type=Path, metavar="OUT_DIR")
+    denoise.add_argument("--seed", type=int, default=defaults.seed)
+    denoise.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
+    add_denoise_options(denoise)
     return parser
+
+
+def add_denoise_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the de-noising stage (``datus run --denoise`` and ``datus denoise``)."""
+    defaults = DenoiseConfig()
+    parser.add_argument("--denoise-epochs", type=int, default=defaults.epochs,
+                        help="training epochs of the de-noiser (default %(default)s)")
+    parser.add_argument("--denoise-backbone", choices=BACKBONES, default=defaults.backbone,
+                        help="DeepLabV3 backbone, trained from scratch (default %(default)s)")
+    parser.add_argument("--denoise-backbone-weights", metavar="FILE",
+                        help="local torchvision classification checkpoint of that backbone")
+    parser.add_argument("--denoise-output", choices=DENOISE_OUTPUTS, default=defaults.output,
+                        help="fill: network labels only the unlabelled pixels (default);"
+                        " predict: network labels every pixel (the paper's)")
+    parser.add_argument("--denoise-dominance", type=float, default=defaults.dominance,
+                        help="drop masks whose largest cluster covers more than this fraction"
+                             " of their labelled pixels (default %(default)s)")
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
@@ -76,7 +122,9 @@ def params_from_args(args: argparse.Namespace) -> Params:
     return Params(model=args.model, weights=args.weights, resolution=args.resolution,
                   clusters=args.clusters, tau=args.tau, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, affinity=args.affinity, partition=args.partition,
-                  embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops)
+                  embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops,
+                  knn=args.knn, embedding_norm=args.embedding_norm,
+                  size_weighted=args.size_weighted, fill_noise=args.fill_noise)
 
 
 def warn(message: str) -> None:
@@ -100,9 +148,11 @@ def run_command(args: argparse.Namespace) -> dict:
     check_writable(out)
     backbone = load_backbone(params.model, params.weights, params.device)
     timer = Timer()
-    sources = [(f.stem, partial(read_image, f)) for f in files]
-    with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar:
-        gen = segment_dataset(sources, len(files), backbone, params, timer)
+    sources = file_sources(files)
+    cache = FeatureCache(enabled=not args.no_cache)
+    with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
+            dask_client(args.dask_scheduler, args.dask_local) as client:
+        gen = segment_images(sources, len(files), backbone, params, timer, cache, client)
         while True:
             try:
                 event = next(gen)
@@ -127,6 +177,7 @@ def run_command(args: argparse.Namespace) -> dict:
         "device": str(backbone.device),
         "versions": package_versions(),
         "timings": timer.seconds,
+        "cache": str(cache.root) if cache.enabled else None,
         "seconds_total": time.perf_counter() - start,
         "segments": _segment_counts(results),
         "images": [r.stem for r in results],
@@ -137,7 +188,35 @@ def run_command(args: argparse.Namespace) -> dict:
         "gt": metrics_inputs,
     }
     write_json(out / "run.json", run_info)
+    if args.denoise:
+        denoise_command(args)
     return run_info
+
+
+def denoise_command(args: argparse.Namespace) -> None:
+    """``datus denoise OUT_DIR``: train the de-noiser on a run's pseudo masks, write denoised/."""
+    config = DenoiseConfig(backbone=args.denoise_backbone, epochs=args.denoise_epochs,
+                           dominance=args.denoise_dominance, seed=args.seed, device=args.device,
+                           backbone_weights=args.denoise_backbone_weights,
+                           output=args.denoise_output)
+    with tqdm(desc="denoise", unit="step", file=sys.stderr) as bar:
+        result = denoise_run(args.out, config, partial(_show_denoise_progress, bar))
+    if result.dropped:
+        warn(f"{len(result.dropped)} pseudo masks dominated by one cluster were left out of"
+             " de-noising training")
+
+
+def _show_denoise_progress(bar: tqdm, event) -> None:
+    """Training: step bar with epoch and loss; prediction: image count."""
+    if isinstance(event, TrainProgress):
+        bar.total = event.epochs * event.steps
+        bar.n = (event.epoch - 1) * event.steps + event.step
+        bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+    else:
+        bar.set_description_str("denoise predict")
+        bar.total, bar.n = event.total, event.index
+        bar.set_postfix_str(event.stem)
+    bar.refresh()
 
 
 def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
@@ -149,7 +228,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
     evaluated: list[str] = []
     for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
                      file=sys.stderr):
-        mask = pseudo_mask(r, c)
+        mask = pseudo_mask(r, c, args.fill_noise)
         with timer("write"):
             write_pseudo_mask(out, r.stem, mask)
         if r.stem not in gt_files:
@@ -188,7 +267,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
     if colours is not None:
         for r, c in zip(results, clusters):
             with timer("write"):
-                write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c),
+                write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c, args.fill_noise),
                                          metrics["initial"]["mapping"], colours)
     return {"format": args.gt_format, "ignore": ignore, "classes": names, "dir": str(args.gt)}
 
@@ -201,7 +280,7 @@ def _segment_counts(results) -> dict[str, float]:
             "per_image_valid_mean": float(np.mean([r.segments.n_valid for r in results]))}
 
 
-COMMANDS = {"run": run_command}
+COMMANDS = {"run": run_command, "denoise": denoise_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from napari_datus.core.denoise import (
     DenoiseConfig,
     Pair,
     TrainProgress,
+    combine,
     predict,
     select_training_pairs,
     train_denoiser,
@@ -44,7 +45,11 @@ DENOISED_DIR = "denoised"
 
 @dataclass
 class RunInputs:
-    """What a run folder says about its images: paths, clusters and ground truth."""
+    """What a run folder says about its images: paths, clusters and ground truth.
+
+    ``images`` holds the stems with a pseudo mask; ``gts`` those of them scored for
+    ``"initial"`` in metrics.json (all with ground truth when metrics.json is absent).
+    """
 
     out_dir: Path
     clusters: int
@@ -84,11 +89,15 @@ def read_run(out_dir: str | Path) -> RunInputs:
               if (out_dir / "pseudo_masks" / f"{stem}.png").is_file()}
     if not images:
         raise DatusError(f"no pseudo masks in {out_dir / 'pseudo_masks'} for the run's inputs")
+    # Score the images "initial" was scored on, under the same class names.
+    metrics_path = out_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    evaluated = set(metrics.get("images") or images)
     gts = {stem: Path(entry["gt"]) for stem, entry in inputs.items()
-           if stem in images and entry.get("gt")}
+           if stem in images and stem in evaluated and entry.get("gt")}
     return RunInputs(out_dir=out_dir, clusters=clusters, images=images, gts=gts,
                      gt_format=gt.get("format"), gt_ignore=gt.get("ignore"),
-                     classes=list(gt.get("classes") or []))
+                     classes=list(metrics.get("classes") or gt.get("classes") or []))
 
 
 def training_pairs(run: RunInputs) -> list[Pair]:
@@ -113,6 +122,7 @@ def iter_denoise_run(
     """Train, predict, write and score; yields progress (the napari widget's entry point)."""
     run = read_run(out_dir)
     pairs = training_pairs(run)
+    # The rule train_denoiser applies, run here too to record which masks it leaves out.
     _, dropped = select_training_pairs(pairs, run.clusters, config.dominance)
     epoch_seconds: list[float] = []
     training = train_denoiser(pairs, run.clusters, config, run.out_dir / CHECKPOINT_DIR)
@@ -131,7 +141,8 @@ def iter_denoise_run(
     written: list[Path] = []
     for index, (stem, image_path) in enumerate(sorted(run.images.items()), start=1):
         image = read_image(image_path)
-        mask = predict(model, image, config.predict_size)
+        initial = read_mask(run.out_dir / "pseudo_masks" / f"{stem}.png")
+        mask = combine(initial, predict(model, image, config.predict_size), config.output)
         written.append(write_index_mask(run.out_dir / DENOISED_DIR / f"{stem}.png", mask))
         if confusion is not None and stem in run.gts:
             _add_to_confusion(confusion, mask, run, stem)
@@ -163,18 +174,10 @@ def denoise_run(out_dir: str | Path, config: DenoiseConfig,
 
 
 def _metrics_setup(run: RunInputs) -> tuple[Confusion | None, list[str]]:
-    """An empty confusion matrix and class names, or (None, []) when there is no ground truth.
-
-    Class names come from metrics.json (as for ``"initial"``), else from run.json's ``gt``.
-    """
+    """An empty confusion matrix and class names, or (None, []) without ground truth."""
     if not run.gts or run.gt_format is None:
         return None, []
-    metrics_path = run.out_dir / "metrics.json"
-    names = run.classes
-    if metrics_path.is_file():
-        names = json.loads(metrics_path.read_text()).get("classes") or names
-    if not names:
-        names = class_names(run.gt_format)
+    names = run.classes or class_names(run.gt_format)
     return Confusion(run.clusters, len(names)), list(names)
 
 

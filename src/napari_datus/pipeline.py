@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
+from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
 from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
 from napari_datus.core.embeddings import (
     EMBEDDINGS,
@@ -58,7 +60,9 @@ class Params:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 32
-    affinity: str = "keys-nobias"
+    # k-NN graph of centred tokens: no threshold to break on feature offsets, finer segments
+    # (docs/results.md has the measurements behind every default).
+    affinity: str = "tokens-knn"
     partition: str = "igraph"
     embedding: str = "pooled-tokens"
     n_init: int = 10
@@ -69,6 +73,8 @@ class Params:
     size_weighted: bool = False
     # Label noise patches with their nearest segment's cluster (coverage 1 before de-noising).
     fill_noise: bool = False
+    # Neighbours per patch for the tokens-knn / keys-knn affinities.
+    knn: int = 16
 
     def validate(self) -> None:
         """Raise one DatusError naming the first bad setting."""
@@ -78,7 +84,7 @@ class Params:
             if getattr(self, name) not in allowed:
                 raise DatusError(f"unknown {name} {getattr(self, name)!r}:"
                                  f" choose one of {', '.join(allowed)}")
-        for name in ("resolution", "clusters", "batch_size", "n_init"):
+        for name in ("resolution", "clusters", "batch_size", "n_init", "knn"):
             if getattr(self, name) < 1:
                 raise DatusError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.tau < 0:
@@ -154,18 +160,28 @@ class DatasetResult:
 
 
 class Timer:
-    """Seconds per stage, summed over images."""
+    """Seconds per stage, summed over images.
+
+    Stages may nest (the cached path decodes an image only inside the stage that needs
+    it): an inner stage's seconds count for the inner stage only.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {stage: 0.0 for stage in STAGES}
+        self._nested: list[float] = []
 
     @contextmanager
     def __call__(self, stage: str):
         start = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            inner = self._nested.pop()
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
+            if self._nested:
+                self._nested[-1] += elapsed
 
 
 def check_image_size(shape: tuple[int, ...], patch_size: int, name: str) -> None:
@@ -176,7 +192,7 @@ def check_image_size(shape: tuple[int, ...], patch_size: int, name: str) -> None
 
 
 def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: str = "",
-                  timer: Timer | None = None) -> ImageResult:
+                  timer: Timer | None = None, cache: FeatureCache | None = None) -> ImageResult:
     """Stages 1-5 on one image.
 
     Parameters
@@ -188,8 +204,12 @@ def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: s
         Name for messages and outputs.
     timer : Timer, optional
         Accumulates seconds per stage.
+    cache : FeatureCache, optional
+        Reuse stored features, partitions and embeddings; store what is computed.
     """
     timer = timer or Timer()
+    if cache is not None and cache.enabled:
+        return _segment_cached(stem, lambda: image, backbone, params, timer, cache)
     check_image_size(image.shape, backbone.patch_size, stem or "image")
     with timer("keys"):
         resized = resize_image(image, params.resolution)
@@ -213,38 +233,163 @@ def segment_features(features: PatchFeatures, params: Params, shape: tuple[int, 
         ``(3, T, T)`` image the features came from).
     """
     timer = timer or Timer()
-    with timer("graph"):
-        adj = adjacency(features, params.affinity, params.self_loops)
-    with timer("partition"):
-        partition = louvain(adj, params.seed, params.partition).reshape(features.grid,
-                                                                        features.grid)
+    partition = partition_features(features, params, timer)
     with timer("segments"):
         segments = split_segments(partition, params.tau)
     with timer("embeddings"):
-        if params.embedding == "crop-cls":
-            if backbone is None or resized is None:
-                raise DatusError("the crop-cls embedding needs the backbone and resized image")
-            embeddings = crop_cls_embeddings(backbone, resized, segments.valid, params.batch_size)
-        else:
-            embeddings = pooled_token_embeddings(features.tokens, segments.valid)
+        embeddings = embed_segments(segments.valid, params, backbone, lambda: features,
+                                    lambda: resized)
     return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
                        embeddings=embeddings)
+
+
+def partition_features(features: PatchFeatures, params: Params, timer: Timer) -> np.ndarray:
+    """Stages 2-3: the affinity graph and its Louvain partition, ``(g, g) int32``."""
+    with timer("graph"):
+        adj = adjacency(features, params.affinity, params.self_loops, params.knn)
+    with timer("partition"):
+        return louvain(adj, params.seed, params.partition).reshape(features.grid, features.grid)
+
+
+def embed_segments(grid: np.ndarray, params: Params, backbone: Backbone | None,
+                   features: Callable[[], PatchFeatures],
+                   resized: Callable[[], torch.Tensor | None]) -> np.ndarray:
+    """Stage 5 for the segments of ``grid``.
+
+    Parameters
+    ----------
+    grid : (g, g) int, 0 = not embedded, 1..n = segments
+    features, resized : called only if the embedding needs them (the patch features, or
+        the resized ``(3, T, T)`` image they came from).
+
+    Returns
+    -------
+    (n, D) float32, L2-normalised
+    """
+    if params.embedding == "crop-cls":
+        image = resized()
+        if backbone is None or image is None:
+            raise DatusError("the crop-cls embedding needs the backbone and resized image")
+        return crop_cls_embeddings(backbone, image, grid, params.batch_size)
+    return pooled_token_embeddings(features().tokens, grid)
+
+
+class _CachedInputs:
+    """One source's cache keys, decoded image, resized image and features, each made at
+    most once and only when a stage missing from the cache needs it."""
+
+    def __init__(self, stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+                 params: Params, timer: Timer, cache: FeatureCache) -> None:
+        self.stem, self.load, self.backbone = stem, load, backbone
+        self.params, self.timer, self.cache = params, timer, cache
+
+    @cached_property
+    def keys(self) -> StageKeys:
+        with self.timer("cache"):
+            # A file is known by its bytes, so a full cache hit never decodes the image.
+            content = (file_key(self.load.path) if isinstance(self.load, ImageFile)
+                       else image_key(self.image))
+            return stage_keys(content, self.backbone, self.params)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        with self.timer("read"):
+            image = self.load()
+        check_image_size(image.shape, self.backbone.patch_size, self.stem or "image")
+        return image
+
+    @cached_property
+    def resized(self) -> torch.Tensor:
+        with self.timer("keys"):
+            return resize_image(self.image, self.params.resolution)
+
+    @cached_property
+    def features(self) -> PatchFeatures:
+        with self.timer("cache"):
+            features = self.cache.features(self.keys.features)
+        if features is None:
+            with self.timer("keys"):
+                features = extract_features(self.backbone, self.resized)
+            with self.timer("cache"):
+                self.cache.put_features(self.keys.features, features)
+        return features
+
+
+def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+                    params: Params, timer: Timer, cache: FeatureCache) -> ImageResult:
+    """Stages 1-5 for one source, running only the stages the cache misses.
+
+    A stored partition skips the ViT, graph and Louvain (and, for an :class:`ImageFile`,
+    the decoding); the segments are re-split for this tau and only components never
+    embedded before are embedded.
+    """
+    inputs = _CachedInputs(stem, load, backbone, params, timer, cache)
+    with timer("cache"):
+        stored = cache.partition(inputs.keys.partition)
+    if stored is None:
+        partition = partition_features(inputs.features, params, timer)
+        shape = (int(inputs.image.shape[0]), int(inputs.image.shape[1]))
+        with timer("cache"):
+            cache.put_partition(inputs.keys.partition, partition, shape)
+    else:
+        partition, shape = stored
+    with timer("segments"):
+        segments = split_segments(partition, params.tau)
+    with timer("embeddings"):
+        embeddings = _cached_embeddings(inputs, segments)
+    return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
+                       embeddings=embeddings)
+
+
+def _cached_embeddings(inputs: _CachedInputs, segments: Segments) -> np.ndarray:
+    """``(n, D)`` embeddings of the valid segments, embedding only components not stored."""
+    # Valid segment j is one connected component; the component ids do not depend on tau.
+    ids = np.zeros(segments.n_valid + 1, dtype=np.int32)
+    ids[segments.valid.ravel()] = segments.components.ravel()
+    ids = ids[1:]
+    with inputs.timer("cache"):
+        stored = inputs.cache.embeddings(inputs.keys.embeddings)
+    todo = stored.missing(ids)
+    if todo.size:
+        lut = np.zeros(int(segments.components.max()) + 1, dtype=np.int32)
+        lut[todo] = np.arange(1, todo.size + 1)
+        stored.add(todo, embed_segments(lut[segments.components], inputs.params,
+                                        inputs.backbone, lambda: inputs.features,
+                                        lambda: inputs.resized))
+        with inputs.timer("cache"):
+            inputs.cache.put_embeddings(inputs.keys.embeddings, stored)
+    return stored.take(ids, inputs.backbone.embed_dim)
 
 
 ImageSource = tuple[str, Callable[[], np.ndarray]]
 
 
+def segment_source(stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+                   params: Params, timer: Timer | None = None,
+                   cache: FeatureCache | None = None) -> ImageResult:
+    """Stages 1-5 for one source ``(stem, load)``, through the cache when one is given."""
+    timer = timer or Timer()
+    if cache is not None and cache.enabled:
+        return _segment_cached(stem, load, backbone, params, timer, cache)
+    with timer("read"):
+        image = load()
+    return segment_image(image, backbone, params, stem, timer)
+
+
 def segment_dataset(
     sources: Iterable[ImageSource], total: int, backbone: Backbone, params: Params,
-    timer: Timer | None = None,
+    timer: Timer | None = None, cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, tuple[list[ImageResult], list[Skipped]]]:
     """Stages 1-5 over a dataset, one image at a time.
 
     Parameters
     ----------
     sources : iterable of (stem, load) where ``load()`` returns ``(H, W, 3) uint8``
+        (:func:`napari_datus.cache.file_sources` for files lets a cache skip decoding)
     total : int
         Number of sources, for progress.
+    cache : FeatureCache, optional
+        Reuse and store per-image stage results (see :mod:`napari_datus.cache`).
 
     Yields
     ------
@@ -261,9 +406,7 @@ def segment_dataset(
     skipped: list[Skipped] = []
     for index, (stem, load) in enumerate(sources, start=1):
         try:
-            with timer("read"):
-                image = load()
-            result = segment_image(image, backbone, params, stem, timer)
+            result = segment_source(stem, load, backbone, params, timer, cache)
         except DatusError as exc:
             skipped.append(Skipped(file=stem, reason=str(exc)))
             yield Progress("segments", index, total, stem)
@@ -305,18 +448,20 @@ def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = Fa
 
 def run(
     sources: Iterable[ImageSource], total: int, params: Params,
-    backbone: Backbone | None = None,
+    backbone: Backbone | None = None, cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, DatasetResult]:
     """Stages 1-6 over a dataset (the napari widget's entry point).
 
-    Yields Progress per image and once for k-means; returns a DatasetResult.
+    Yields Progress per image and once for k-means; returns a DatasetResult. With a warm
+    ``cache`` a change of K (or tau) re-runs only k-means (and the segment split).
     """
     params.validate()
     timer = Timer()
     if backbone is None:
         yield Progress("loading model", 0, total)
         backbone = load_backbone(params.model, params.weights, params.device)
-    results, skipped = yield from segment_dataset(sources, total, backbone, params, timer)
+    results, skipped = yield from segment_dataset(sources, total, backbone, params, timer,
+                                                  cache)
     if not results:
         raise DatusError("no image could be processed: "
                          + "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3]))

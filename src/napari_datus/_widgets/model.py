@@ -8,12 +8,20 @@ where noise. Files keep the ``datus run`` conventions; :mod:`.export` converts b
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from itertools import islice
+from functools import partial
 
 import matplotlib
 import numpy as np
 
+from napari_datus.core.denoise import (
+    DenoiseConfig,
+    TrainProgress,
+    combine,
+    predict,
+    train_denoiser,
+)
 from napari_datus.core.embeddings import masked_crops
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import resize_image
@@ -27,9 +35,10 @@ from napari_datus.io.masks import (
     decode_index,
     decode_suim,
 )
-from napari_datus.pipeline import DatasetResult, ImageResult
+from napari_datus.pipeline import DatasetResult, Progress
 
 LAYER_SUFFIXES = ("partitions", "segments", "noise", "pseudo mask")
+DENOISED = "de-noised"
 UNMATCHED_COLOUR = (0.5, 0.5, 0.5, 1.0)
 
 
@@ -89,10 +98,13 @@ class WidgetRun:
     stack : ImageStack
     result : DatasetResult from :func:`napari_datus.pipeline.run`
     patch_size, input_size : the backbone's, for segment crops
-    metrics : last ``evaluate`` block computed against ground truth, if any
-    class_names : classes of that ground truth
-    class_colours : (C, 4) float RGBA per class
+    denoised : per stack image, (H, W) uint8 de-noised cluster ids (None if skipped);
+        None when de-noising did not run
+    metrics : ``{"initial": ..., "denoised": ...}`` blocks of ``core.metrics.evaluate``
+        against the last ground truth, as in metrics.json
     gt : (N, H, W) class ids of that ground truth, kept so metrics follow reassignments
+    gt_format : its format (``index``, ``suim6``, ``suim8``)
+    class_names : its classes
     """
 
     image_name: str
@@ -100,21 +112,26 @@ class WidgetRun:
     result: DatasetResult
     patch_size: int
     input_size: int
-    metrics: dict | None = None
-    class_names: list[str] = field(default_factory=list)
-    class_colours: np.ndarray | None = None
+    denoised: list[np.ndarray | None] | None = None
+    metrics: dict[str, dict] = field(default_factory=dict)
     gt: np.ndarray | None = None
+    gt_format: str = "index"
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._positions = {r.stem: i for i, r in enumerate(self.result.results)}
 
     def layer_name(self, suffix: str) -> str:
         return f"{self.image_name} {suffix}"
 
-    def image_result(self, index: int) -> tuple[int, ImageResult] | None:
-        """Position in ``result.results`` and the result of stack image ``index``."""
-        stem = self.stack.stems[index]
-        for position, r in enumerate(self.result.results):
-            if r.stem == stem:
-                return position, r
-        return None
+    def position(self, index: int) -> int | None:
+        """Position in ``result.results`` of stack image ``index`` (None if it was skipped)."""
+        return self._positions.get(self.stack.stems[index])
+
+    def pseudo_mask(self, index: int) -> np.ndarray | None:
+        """(H, W) uint8 initial pseudo mask of stack image ``index``, 255 = unlabelled."""
+        position = self.position(index)
+        return None if position is None else self.result.pseudo_mask(position)
 
 
 def to_layer_labels(mask: np.ndarray) -> np.ndarray:
@@ -129,31 +146,57 @@ def layer_arrays(run: WidgetRun) -> dict[str, np.ndarray]:
     -------
     dict suffix -> (N, H, W) array, or (H, W) for a single image; images that the
     pipeline skipped stay 0. Dtypes: partitions/segments the smallest unsigned type that
-    holds their ids, noise and pseudo mask uint8.
+    holds their ids, the others uint8. ``"de-noised"`` only when de-noising ran.
     """
     n, height, width = run.stack.shape
-    grids = {suffix: [] for suffix in LAYER_SUFFIXES}
+    grids: dict[str, list[np.ndarray | None]] = {suffix: [] for suffix in LAYER_SUFFIXES}
     for index in range(n):
-        found = run.image_result(index)
-        if found is None:
-            for suffix in LAYER_SUFFIXES:
-                grids[suffix].append(None)
-            continue
-        position, r = found
-        grids["partitions"].append(r.partition.astype(np.int64) + 1)
-        grids["segments"].append(r.segments.valid)
-        grids["noise"].append((r.segments.valid == 0).astype(np.uint8))
-        grids["pseudo mask"].append(to_layer_labels(run.result.pseudo_mask(position)))
+        position = run.position(index)
+        r = None if position is None else run.result.results[position]
+        grids["partitions"].append(None if r is None else r.partition.astype(np.int64) + 1)
+        grids["segments"].append(None if r is None else r.segments.valid)
+        grids["noise"].append(None if r is None else (r.segments.valid == 0).astype(np.uint8))
+        mask = run.pseudo_mask(index)
+        grids["pseudo mask"].append(None if mask is None else to_layer_labels(mask))
+    if run.denoised is not None:
+        grids[DENOISED] = [None if m is None else to_layer_labels(m) for m in run.denoised]
     arrays = {}
     for suffix, per_image in grids.items():
         top = max((int(g.max(initial=0)) for g in per_image if g is not None), default=0)
-        dtype = np.uint8 if suffix in ("noise", "pseudo mask") else np.min_scalar_type(top)
+        dtype = np.min_scalar_type(top) if suffix in ("partitions", "segments") else np.uint8
         out = np.zeros((n, height, width), dtype=dtype)
         for index, grid in enumerate(per_image):
             if grid is not None:
-                out[index] = upsample_nearest(grid, (height, width)).astype(dtype)
+                out[index] = upsample_nearest(grid, (height, width))
         arrays[suffix] = out if run.stack.is_stack else out[0]
     return arrays
+
+
+def denoise(run: WidgetRun, config: DenoiseConfig,
+            ) -> Generator[TrainProgress | Progress, None, list[np.ndarray | None]]:
+    """Stage 7 on the run's images: train on (image, initial pseudo mask), predict each image.
+
+    Yields TrainProgress per training step and Progress per predicted image.
+
+    Returns
+    -------
+    Per stack image, (H, W) uint8 cluster ids with every pixel labelled (None if skipped).
+    """
+    n = run.stack.shape[0]
+    indices = [i for i in range(n) if run.position(i) is not None]
+    pairs = [(run.stack.stems[i], partial(_rgb, run.stack, i), partial(run.pseudo_mask, i))
+             for i in indices]
+    model = yield from train_denoiser(pairs, run.result.params.clusters, config)
+    masks: list[np.ndarray | None] = [None] * n
+    for step, i in enumerate(indices, start=1):
+        masks[i] = combine(run.pseudo_mask(i), predict(model, _rgb(run.stack, i),
+                                                       config.predict_size), config.output)
+        yield Progress("denoise predict", step, len(indices), run.stack.stems[i])
+    return masks
+
+
+def _rgb(stack: ImageStack, index: int) -> np.ndarray:
+    return to_rgb_uint8(stack.images[index], name=stack.stems[index])
 
 
 def ground_truth(data: np.ndarray, is_labels: bool, rgb: bool, fmt: str,
@@ -208,45 +251,59 @@ def class_rgba(fmt: str, n_classes: int) -> np.ndarray:
     return np.hstack([rgb, np.ones((len(rgb), 1))])
 
 
-def compute_metrics(run: WidgetRun) -> dict:
-    """Initial pseudo masks against ``run.gt`` with the core's Confusion and evaluate.
+def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str]) -> dict[str, dict]:
+    """Initial (and de-noised) masks against ground truth, via the core's Confusion and evaluate.
+
+    Parameters
+    ----------
+    gt : (N, H, W) int class ids, the image stack's shape
+    names : class names (C of them)
+
+    Returns
+    -------
+    ``{"initial": block, "denoised": block}`` (``denoised`` only when de-noising ran); each
+    block has its own Hungarian matching.
 
     Raises
     ------
     DatusError
         If the ground truth's shape differs from the image stack's.
     """
-    if run.gt is None:
-        raise DatusError("choose a ground-truth layer first")
-    if run.gt.shape != run.stack.shape:
-        raise DatusError(f"ground truth has shape {run.gt.shape} but the image stack"
+    if gt.shape != run.stack.shape:
+        raise DatusError(f"ground truth has shape {gt.shape} but the image stack"
                          f" {run.image_name!r} has {run.stack.shape} (N, H, W); ground truth"
                          " is never resized")
-    confusion = Confusion(run.result.params.clusters, len(run.class_names))
-    for index in range(run.stack.shape[0]):
-        found = run.image_result(index)
-        if found is not None:
-            confusion.add(run.result.pseudo_mask(found[0]), run.gt[index])
-    return evaluate(confusion, run.class_names)
+    masks = {"initial": [run.pseudo_mask(i) for i in range(run.stack.shape[0])]}
+    if run.denoised is not None:
+        masks["denoised"] = run.denoised
+    metrics = {}
+    for key, per_image in masks.items():
+        confusion = Confusion(run.result.params.clusters, len(names))
+        for mask, truth in zip(per_image, gt):
+            if mask is not None:
+                confusion.add(mask, truth)
+        metrics[key] = evaluate(confusion, names)
+    return metrics
 
 
-def pseudo_colormap(run: WidgetRun) -> tuple[dict, dict]:
-    """Colours and names of the pseudo-mask layer's labels ``c + 1``.
+def cluster_colormap(run: WidgetRun, key: str = "initial") -> tuple[dict, dict]:
+    """Colours and names of a cluster layer's labels ``c + 1`` (pseudo mask or de-noised).
 
-    Matched clusters take their class's colour and name; unmatched ones are grey.
-    Before any metrics, clusters keep napari's default colours (empty dict).
+    Clusters matched to a class take its colour and name; unmatched ones are grey. Before
+    any metrics, clusters keep napari's default colours (empty dict).
 
     Returns
     -------
-    (colormap dict for a DirectLabelColormap or {}, features dict)
+    (colormap dict for a DirectLabelColormap, or {}; features dict)
     """
     k = run.result.params.clusters
     features: dict = {"index": np.arange(1, k + 1), "cluster": np.arange(k)}
-    if run.metrics is None or run.class_colours is None:
+    if key not in run.metrics:
         return {}, features
-    mapping = run.metrics["mapping"]
+    mapping = run.metrics[key]["mapping"]
     matched = [mapping[str(c)] for c in range(k)]
-    colours = {c + 1: (tuple(run.class_colours[m]) if m is not None else UNMATCHED_COLOUR)
+    rgba = class_rgba(run.gt_format, len(run.class_names))
+    colours = {c + 1: (tuple(rgba[m]) if m is not None else UNMATCHED_COLOUR)
                for c, m in enumerate(matched)}
     features["class"] = [run.class_names[m] if m is not None else "unmatched" for m in matched]
     return {0: "transparent", None: UNMATCHED_COLOUR, **colours}, features
@@ -281,10 +338,10 @@ def segment_at(run: WidgetRun, index: int, row: float, col: float) -> SegmentInf
     n, height, width = run.stack.shape
     if not (0 <= index < n and 0 <= row < height and 0 <= col < width):
         raise DatusError(f"pixel ({row:.0f}, {col:.0f}) of image {index} is outside the image")
-    found = run.image_result(index)
-    if found is None:
+    position = run.position(index)
+    if position is None:
         raise DatusError(f"image {run.stack.stems[index]} was skipped by the pipeline")
-    position, r = found
+    r = run.result.results[position]
     grid_h, grid_w = r.segments.valid.shape
     # Same nearest rule as upsample_nearest, inverted for one pixel.
     gr = min(int((int(row) + 0.5) * grid_h / height), grid_h - 1)
@@ -303,12 +360,11 @@ def segment_crop(run: WidgetRun, info: SegmentInfo) -> np.ndarray:
     -------
     (S, S, 3) uint8 with S the backbone's input size
     """
-    _position, r = run.image_result(info.index)
-    image = to_rgb_uint8(run.stack.images[info.index], name=run.stack.stems[info.index])
-    resized = resize_image(image, run.result.params.resolution)
+    r = run.result.results[run.position(info.index)]
+    resized = resize_image(_rgb(run.stack, info.index), run.result.params.resolution)
     # A one-segment id map makes masked_crops yield exactly this component's crop.
     alone = (r.segments.components == info.component).astype(np.int32)
-    crop = next(islice(masked_crops(resized, alone, run.patch_size, run.input_size), 1))
+    crop = next(masked_crops(resized, alone, run.patch_size, run.input_size))
     return (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -324,6 +380,6 @@ def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarr
         raise DatusError("noise has no cluster: choose a valid segment")
     if not 0 <= cluster < k:
         raise DatusError(f"cluster {cluster} is outside 0..{k - 1}")
-    position, _r = run.image_result(index)
+    position = run.position(index)
     run.result.clusters[position][segment - 1] = cluster
     return to_layer_labels(run.result.pseudo_mask(position))

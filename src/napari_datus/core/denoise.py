@@ -45,9 +45,33 @@ CROP_RATIO = (3 / 4, 4 / 3)
 Pair = tuple[str, Callable[[], np.ndarray], Callable[[], np.ndarray]]
 
 
+DENOISE_OUTPUTS = ("fill", "predict")
+
+
+def combine(initial: np.ndarray, predicted: np.ndarray, output: str = "fill") -> np.ndarray:
+    """The de-noised mask from the initial mask and the network's prediction.
+
+    Parameters
+    ----------
+    initial : (H, W) uint8, 255 = unlabelled
+    predicted : (H, W) uint8, every pixel labelled
+    output : ``fill`` or ``predict`` (see :class:`DenoiseConfig`)
+
+    Returns
+    -------
+    (H, W) uint8, every pixel labelled
+    """
+    if output == "predict":
+        return predicted
+    return np.where(initial == UNLABELLED, predicted, initial).astype(np.uint8)
+
+
 @dataclass
 class DenoiseConfig:
     """Settings of the de-noising model and its training.
+
+    The defaults are a CPU budget: on the 109-image SUIM test set one epoch takes about
+    a minute on 2 busy cores (benchmarks/results/denoise.md).
 
     Attributes
     ----------
@@ -64,25 +88,34 @@ class DenoiseConfig:
     seed : seeds weights, shuffling and augmentation
     device : ``auto``, ``cpu`` or ``cuda``
     backbone_weights : optional local torchvision classification checkpoint of the backbone
+    output : ``fill`` (default) keeps every labelled pixel of the initial mask and takes the
+        network's prediction only where it is unlabelled; ``predict`` (the paper's) uses the
+        network's prediction everywhere. A small network trained from scratch on a CPU budget
+        draws coarser boundaries than the ViT segments, so it is used for what only it can
+        do: labelling the noise.
     """
 
     backbone: str = "mobilenet_v3_large"
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 8
-    crop_size: int = 256
-    predict_size: int | None = 320
+    crop_size: int = 192
+    predict_size: int | None = 240
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dominance: float = 0.95
     seed: int = 0
     device: str = "auto"
     backbone_weights: str | None = None
+    output: str = "fill"
 
     def validate(self) -> None:
         """Raise one DatusError naming the first bad setting."""
         if self.backbone not in BACKBONES:
             raise DatusError(f"unknown de-noising backbone {self.backbone!r}:"
                              f" choose one of {', '.join(BACKBONES)}")
+        if self.output not in DENOISE_OUTPUTS:
+            raise DatusError(f"unknown de-noising output {self.output!r}:"
+                             f" choose one of {', '.join(DENOISE_OUTPUTS)}")
         if self.epochs < 1:
             raise DatusError(f"de-noising epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -182,7 +215,7 @@ def select_training_pairs(pairs: Sequence[Pair], num_classes: int,
         if labelled.size and labelled.max() >= num_classes:
             raise DatusError(f"pseudo mask {name} holds cluster {labelled.max()},"
                              f" outside 0..{num_classes - 1}")
-        if dominant_fraction(mask) > dominance:
+        if not labelled.size or dominant_fraction(mask) > dominance:
             dropped.append(name)
         else:
             kept.append(pair)
@@ -247,7 +280,7 @@ def random_crop_box(rng: np.random.Generator, width: int,
 
 def normalise(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32, ImageNet-normalised."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (t - mean) / std
@@ -268,7 +301,7 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
 def training_key(config: DenoiseConfig, num_classes: int, names: Sequence[str]) -> str:
     """Fingerprint of everything that shapes training; a checkpoint resumes only if it matches."""
     settings = {key: value for key, value in config.to_dict().items()
-                if key not in ("device", "predict_size")}
+                if key not in ("device", "predict_size", "output")}
     blob = json.dumps({"config": settings, "classes": num_classes, "pairs": sorted(names)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -300,7 +333,7 @@ def train_denoiser(
     kept, dropped = select_training_pairs(pairs, num_classes, config.dominance)
     if len(kept) < 2:
         raise DatusError(f"only {len(kept)} of {len(pairs)} pseudo masks are usable for"
-                         f" de-noising ({len(dropped)} have one cluster over"
+                         f" de-noising ({len(dropped)} are unlabelled or have one cluster over"
                          f" {config.dominance:.0%} of their labelled pixels); need at least 2:"
                          " raise the dominance threshold or add images")
     device = resolve_device(config.device)
@@ -331,12 +364,37 @@ def train_denoiser(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += float(loss)
+            running += loss.item()
             yield TrainProgress(epoch + 1, config.epochs, step, steps, running / step,
                                 time.perf_counter() - began)
+        if epoch + 1 == config.epochs:
+            recalibrate_batchnorm(model, loader, device)
         if path is not None:
             save_checkpoint(path, key, model, optimizer, epoch + 1)
     return model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Recompute BatchNorm running statistics of the final weights over one pass of crops.
+
+    After a short training from scratch the running averages (momentum 0.01 in MobileNetV3)
+    still mix in early, very different activations, and an eval-mode model then predicts
+    little more than a position prior; exact population statistics ("precise BN") fix that
+    for the cost of one forward pass.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the pass
+        norm.train()
+    for images, _ in loader:
+        model(images.to(device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:

@@ -1,0 +1,400 @@
+"""Quality sweep of DatUS settings on a labelled image set (issue 7).
+
+Usage::
+
+    python benchmarks/quality.py IMAGES GT --gt-format suim6 \\
+        --weights ../shared/weights/dinov2_vits14_imgfocus.pth [--plan full] [--seeds 0 1 2]
+
+Each row changes one setting of :class:`napari_datus.pipeline.Params` from the defaults
+(an ablation, not a full grid) and is run once per seed (the seed drives Louvain and
+k-means). Metrics are counted per pixel at ground-truth resolution with
+``core.metrics`` on the initial pseudo masks (``pipeline.pseudo_mask``). The ViT
+forward runs once per image and resolution; its :class:`PatchFeatures` are cached as
+``.npz`` under ``--cache`` and every row reuses them through
+``pipeline.segment_features``. Writes ``quality.md`` and ``quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from napari_datus.core.backbone import Backbone, load_backbone
+from napari_datus.core.embeddings import l2_normalize
+from napari_datus.core.errors import DatusError
+from napari_datus.core.features import PatchFeatures, extract_features, resize_image
+from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.pseudolabel import upsample_nearest
+from napari_datus.core.whitening import normalise_embeddings
+from napari_datus.io.dataset import list_images, match_ground_truth
+from napari_datus.io.images import read_image
+from napari_datus.io.masks import class_names, read_ground_truth
+from napari_datus.pipeline import (
+    ImageResult,
+    Params,
+    Timer,
+    cluster,
+    pseudo_mask,
+    segment_features,
+)
+
+FEATURE_FIELDS = ("keys", "key_bias", "tokens", "queries", "values")
+# Settings that act after stage 5: rows differing only in these reuse each image's segments.
+CLUSTERING_ONLY = frozenset({"clusters", "n_init", "embedding_norm", "size_weighted",
+                             "fill_noise", "batch_size", "device"})
+METRICS = ("miou", "pixel_accuracy", "mean_f1")
+NAMES = class_names("suim6")
+N_CLASSES = len(NAMES)
+
+
+@dataclass
+class Row:
+    """One table row: a name, how it differs from the defaults, and its per-seed results."""
+
+    name: str
+    changes: dict
+    kind: str = "datus"  # "datus", "majority" or "token-kmeans"
+    seeds: list[dict] = field(default_factory=list)
+
+
+class Dataset:
+    """Images with ground truth, their cached ViT features and forward timings."""
+
+    def __init__(self, images: list[Path], gts: list[np.ndarray], backbone_factory:
+                 Callable[[], Backbone], cache: Path, model_key: str) -> None:
+        self.images = images
+        self.gts = gts
+        self._factory = backbone_factory
+        self._backbone: Backbone | None = None
+        self.cache = cache
+        self.model_key = model_key
+        self.forward_seconds: dict[int, list[float]] = {}
+        self._features: dict[tuple[str, int], PatchFeatures] = {}
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = self._factory()
+        return self._backbone
+
+    def resized(self, index: int, resolution: int) -> torch.Tensor:
+        """(3, T, T) float tensor of image ``index`` resized as the pipeline does."""
+        return resize_image(read_image(self.images[index]), resolution)
+
+    def features(self, index: int, resolution: int) -> PatchFeatures:
+        """Patch features of image ``index`` at ``resolution``, from the npz cache if present."""
+        path = self.images[index]
+        key = (path.stem, resolution)
+        if key not in self._features:
+            digest = hashlib.sha1(path.read_bytes() + self.model_key.encode()).hexdigest()[:16]
+            file = self.cache / f"{path.stem}_{resolution}_{digest}.npz"
+            if file.exists():
+                data = np.load(file)
+                feats = PatchFeatures(**{f: data[f] for f in FEATURE_FIELDS},
+                                      grid=int(data["grid"]))
+            else:
+                start = time.perf_counter()
+                feats = extract_features(self.backbone, self.resized(index, resolution))
+                self.forward_seconds.setdefault(resolution, []).append(
+                    time.perf_counter() - start)
+                self.cache.mkdir(parents=True, exist_ok=True)
+                np.savez(file, grid=feats.grid, **{f: getattr(feats, f) for f in FEATURE_FIELDS})
+            self._features[key] = feats
+        return self._features[key]
+
+    def time_forward(self, resolution: int, n: int = 3) -> float:
+        """Mean seconds of one ViT forward at ``resolution`` (measured if nothing was timed)."""
+        if not self.forward_seconds.get(resolution):
+            for index in range(min(n, len(self.images))):
+                start = time.perf_counter()
+                extract_features(self.backbone, self.resized(index, resolution))
+                self.forward_seconds.setdefault(resolution, []).append(
+                    time.perf_counter() - start)
+        return statistics.mean(self.forward_seconds[resolution])
+
+
+def confusion_of(masks: list[np.ndarray], gts: list[np.ndarray], k: int,
+                 c: int = N_CLASSES) -> Confusion:
+    """Dataset confusion of (H, W) uint8 masks (255 = unlabelled) against ground truth."""
+    conf = Confusion(k, c)
+    for mask, gt in zip(masks, gts):
+        conf.add(mask, gt)
+    return conf
+
+
+def summarise(metrics: dict) -> dict:
+    """The figures a table row needs from one ``evaluate`` block."""
+    return {**{m: metrics[m] for m in METRICS},
+            **{f"strict_{m}": metrics["strict"][m] for m in METRICS},
+            "coverage": metrics["coverage"]}
+
+
+def run_datus(data: Dataset, params: Params, memo: dict) -> dict:
+    """Stages 2-6 for every image from cached features; pixel-level metrics of one seed."""
+    timer = Timer()
+    results: list[ImageResult] = []
+    for index, path in enumerate(data.images):
+        key = (path.stem, *sorted((k, v) for k, v in params.to_dict().items()
+                                  if k not in CLUSTERING_ONLY))
+        if key not in memo:
+            stage = Timer()
+            feats = data.features(index, params.resolution)
+            crop = params.embedding == "crop-cls"
+            memo[key] = (segment_features(
+                feats, params, data.gts[index].shape, path.stem, stage,
+                data.backbone if crop else None,
+                data.resized(index, params.resolution) if crop else None), stage.seconds)
+        result, seconds = memo[key]
+        for stage_name, value in seconds.items():
+            timer.seconds[stage_name] += value
+        results.append(result)
+    with timer("kmeans"):
+        clusters = cluster(results, params)
+    masks = [pseudo_mask(r, c, params.fill_noise) for r, c in zip(results, clusters)]
+    metrics = evaluate(confusion_of(masks, data.gts, params.clusters), NAMES)
+    valid = sum(r.segments.n_valid for r in results)
+    noise = sum(r.segments.n_noise for r in results)
+    stage_seconds = sum(timer.seconds.values()) / len(results)
+    return {**summarise(metrics), "segments_per_image": valid / len(results),
+            "valid_fraction": valid / max(valid + noise, 1),
+            "seconds_per_image": stage_seconds + data.time_forward(params.resolution),
+            "metrics": metrics}
+
+
+def run_token_kmeans(data: Dataset, params: Params) -> dict:
+    """No-graph baseline (DESIGN 3b): k-means over every L2-normalised patch token
+    (then ``params.embedding_norm`` over the dataset, as segment embeddings get)."""
+    start = time.perf_counter()
+    tokens = [l2_normalize(data.features(i, params.resolution).tokens)
+              for i in range(len(data.images))]
+    stacked = normalise_embeddings(np.concatenate(tokens), params.embedding_norm)
+    km = KMeans(n_clusters=params.clusters, n_init=params.n_init, random_state=params.seed)
+    labels = km.fit_predict(stacked.astype(np.float64)).astype(np.uint8)
+    grids = np.split(labels, np.cumsum([t.shape[0] for t in tokens])[:-1])
+    masks = [upsample_nearest(g.reshape(int(np.sqrt(g.size)), -1), gt.shape)
+             for g, gt in zip(grids, data.gts)]
+    metrics = evaluate(confusion_of(masks, data.gts, params.clusters), NAMES)
+    seconds = (time.perf_counter() - start) / len(data.images)
+    return {**summarise(metrics), "seconds_per_image": seconds
+            + data.time_forward(params.resolution), "metrics": metrics}
+
+
+def run_majority(data: Dataset) -> dict:
+    """Every pixel predicted as the most frequent ground-truth class."""
+    counts = sum(np.bincount(gt.ravel(), minlength=N_CLASSES) for gt in data.gts)
+    masks = [np.zeros(gt.shape, dtype=np.uint8) for gt in data.gts]  # one cluster, id 0
+    metrics = evaluate(confusion_of(masks, data.gts, 1), NAMES)
+    assert metrics["mapping"]["0"] == int(np.argmax(counts))
+    return {**summarise(metrics), "seconds_per_image": 0.0, "metrics": metrics}
+
+
+# One change at a time from the defaults: (row name, changes).
+ABLATIONS = [
+    *[(f"affinity {a}", {"affinity": a}) for a in
+      ("keys-nobias", "keys-centred", "weighted", "queries", "values", "tokens", "keys-knn")],
+    ("knn 8", {"knn": 8}),
+    ("knn 32", {"knn": 32}),
+    ("embedding crop-cls (paper's masked crops)", {"embedding": "crop-cls"}),
+    ("embedding_norm standardise", {"embedding_norm": "standardise"}),
+    ("embedding_norm pca-whiten", {"embedding_norm": "pca-whiten"}),
+    ("size_weighted k-means", {"size_weighted": True}),
+    ("fill_noise", {"fill_noise": True}),
+    ("n_init 1 (single k-means run)", {"n_init": 1}),
+    ("tau 3", {"tau": 3}),
+    ("tau 8", {"tau": 8}),
+    ("K 7", {"clusters": 7}),
+    ("K 8", {"clusters": 8}),
+    ("K 12", {"clusters": 12}),
+    ("resolution 448", {"resolution": 448}),
+]
+
+
+def plan(name: str) -> list[Row]:
+    """Rows of a sweep: context rows, the paper's method, the defaults, then ablations."""
+    l2 = {"embedding_norm": "l2"}
+    rows = [
+        Row("majority class everywhere", {}, kind="majority"),
+        Row("token k-means, no graph (DESIGN 3b)", l2, kind="token-kmeans"),
+        Row("token k-means, no graph, standardised", {"embedding_norm": "standardise"},
+            kind="token-kmeans"),
+        Row("token k-means, no graph, T=448", {**l2, "resolution": 448}, kind="token-kmeans"),
+        Row("paper as written (raw keys, crop-cls, self-loops)",
+            {"affinity": "paper", "embedding": "crop-cls", "self_loops": True}),
+        Row("paper with keys-nobias (crop-cls)", {"affinity": "keys-nobias",
+                                                 "embedding": "crop-cls"}),
+        Row("previous default (keys-nobias, pooled-tokens)", {"affinity": "keys-nobias"}),
+        Row("previous default + standardise", {"affinity": "keys-nobias",
+                                               "embedding_norm": "standardise"}),
+        Row("defaults", {}),
+        *[Row(n, c) for n, c in ABLATIONS],
+    ]
+    if name == "quick":
+        slow = ("crop-cls", "448")
+        rows = [r for r in rows if not any(s in r.name for s in slow)]
+    return rows
+
+
+def stored_result(data: Dataset, kind: str, params: Params) -> Path:
+    """File holding one seed's result of a fully resolved setting (rows rerun only if changed)."""
+    key = json.dumps([kind, data.model_key, [p.name for p in data.images],
+                      {k: v for k, v in params.to_dict().items() if k != "weights"}])
+    return data.cache / "rows" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+
+
+def run_row(row: Row, data: Dataset, base: Params, seeds: list[int], memo: dict) -> None:
+    """Fill ``row.seeds`` with one result per seed (a failed run records its error)."""
+    for seed in seeds if row.kind != "majority" else seeds[:1]:
+        params = replace(base, seed=seed, **row.changes)
+        stored = stored_result(data, row.kind, params)
+        if stored.exists():
+            row.seeds.append(json.loads(stored.read_text()))
+            continue
+        try:
+            if row.kind == "majority":
+                result = run_majority(data)
+            elif row.kind == "token-kmeans":
+                result = run_token_kmeans(data, params)
+            else:
+                result = run_datus(data, params, memo)
+        except DatusError as exc:
+            result = {"error": str(exc)}
+        row.seeds.append({"seed": seed, **result})
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(row.seeds[-1]))
+        print(f"{row.name} seed {seed}: " + (result.get("error") or
+              " ".join(f"{m}={result[m]:.4f}" for m in (*METRICS, "coverage"))),
+              file=sys.stderr, flush=True)
+
+
+def aggregate(row: Row) -> dict:
+    """Mean and spread (min, max) over seeds of every figure of a row."""
+    ok = [s for s in row.seeds if "error" not in s]
+    if not ok:
+        return {"error": row.seeds[0]["error"] if row.seeds else "not run"}
+    out = {}
+    for key in (*METRICS, *(f"strict_{m}" for m in METRICS), "coverage",
+                "segments_per_image", "valid_fraction", "seconds_per_image"):
+        values = [s[key] for s in ok if key in s]
+        if values:
+            out[key] = {"mean": statistics.mean(values), "min": min(values),
+                        "max": max(values)}
+    return out
+
+
+def command_of(row: Row, base: Params) -> str:
+    """The ``datus run`` flags that reproduce a row (one seed; add ``--seed S``)."""
+    if row.kind != "datus":
+        return f"`python benchmarks/quality.py IMAGES GT --only '{row.name}'`"
+    params = replace(base, **row.changes)
+    flags = [f"--resolution {params.resolution}", f"--clusters {params.clusters}",
+             f"--tau {params.tau}", f"--affinity {params.affinity}",
+             f"--partition {params.partition}", f"--embedding {params.embedding}",
+             f"--n-init {params.n_init}", f"--embedding-norm {params.embedding_norm}"]
+    if params.affinity.endswith("-knn"):
+        flags.append(f"--knn {params.knn}")
+    flags += [flag for flag, on in (("--self-loops", params.self_loops),
+                                    ("--size-weighted", params.size_weighted),
+                                    ("--fill-noise", params.fill_noise)) if on]
+    return "`datus run IMAGES --gt GT --gt-format suim6 --out OUT " + " ".join(flags) + "`"
+
+
+def cell(stats: dict, key: str, pct: bool = True) -> str:
+    """``mean (min-max)`` of one figure, in percent for fractions."""
+    if key not in stats:
+        return "-"
+    f = 100.0 if pct else 1.0
+    s = stats[key]
+    if s["min"] == s["max"]:
+        return f"{s['mean'] * f:.2f}"
+    return f"{s['mean'] * f:.2f} ({s['min'] * f:.1f}-{s['max'] * f:.1f})"
+
+
+def markdown(rows: list[Row], base: Params, n_images: int, seeds: list[int]) -> str:
+    """The results table: figures in percent, mean (min-max) over seeds."""
+    lines = [
+        f"Initial pseudo masks, {n_images} images, pixel level at ground-truth resolution,"
+        f" 6 classes; mean (min-max) over seeds {', '.join(map(str, seeds))}. Paper figures"
+        " drop unlabelled pixels; strict figures count them wrong.",
+        "",
+        "| row | mIoU | PAcc | mean F1 | strict mIoU | strict PAcc | coverage | segments/img"
+        " | % valid | s/img | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        stats = aggregate(row)
+        if "error" in stats:
+            lines.append(f"| {row.name} | {stats['error']} | | | | | | | | | "
+                         f"{command_of(row, base)} |")
+            continue
+        lines.append("| " + " | ".join([
+            row.name, cell(stats, "miou"), cell(stats, "pixel_accuracy"),
+            cell(stats, "mean_f1"), cell(stats, "strict_miou"),
+            cell(stats, "strict_pixel_accuracy"), cell(stats, "coverage"),
+            cell(stats, "segments_per_image", pct=False), cell(stats, "valid_fraction"),
+            cell(stats, "seconds_per_image", pct=False), command_of(row, base)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", type=Path)
+    parser.add_argument("gt", type=Path)
+    parser.add_argument("--gt-format", default="suim6", choices=("suim6",),
+                        help="the table's class protocol (the paper's 6 SUIM classes)")
+    parser.add_argument("--model", default="vit_small_patch14_dinov2")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--plan", default="full", choices=("full", "quick"))
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only rows whose name contains one of these strings")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "datus_features")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"),
+                        help="writes OUT.md and OUT.json")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    files = list_images(args.images)
+    gt_files = match_ground_truth(files, args.gt)
+    files = [f for f in files if f.stem in gt_files][: args.limit]
+    gts = [read_ground_truth(gt_files[f.stem], args.gt_format) for f in files]
+    base = Params(model=args.model, weights=args.weights, device="cpu")
+    weights_key = str(Path(args.weights).resolve()) if args.weights else "hub"
+    data = Dataset(files, gts, lambda: load_backbone(args.model, args.weights, "cpu"),
+                   args.cache, f"{args.model}|{weights_key}")
+    rows = plan(args.plan)
+    if args.only:
+        rows = [r for r in rows if any(s in r.name for s in args.only)]
+    memo: dict = {}
+    for row in rows:
+        run_row(row, data, base, args.seeds, memo)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(markdown(rows, base, len(files), args.seeds))
+    args.out.with_suffix(".json").write_text(json.dumps({
+        "images": [f.stem for f in files], "seeds": args.seeds,
+        "defaults": {k: v for k, v in base.to_dict().items() if k != "weights"},
+        "rows": [{"name": r.name, "kind": r.kind, "changes": r.changes,
+                  "summary": aggregate(r), "seeds": r.seeds} for r in rows],
+    }, indent=1))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Turning a :class:`WidgetRun` into napari Labels layers (napari, no Qt)."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from napari.layers import Labels, Layer
+
+from napari_datus._widgets.model import DENOISED, WidgetRun, cluster_colormap
+
+METADATA_KEY = "datus"
+NOISE_COLOURS = {0: "transparent", 1: "magenta", None: "transparent"}
+# Only the pseudo mask shows at first: stacked opaque label layers would hide each other.
+VISIBLE = ("pseudo mask",)
+
+
+def run_of(layer: Layer | None) -> WidgetRun | None:
+    """The run a result layer belongs to, if any."""
+    return None if layer is None else layer.metadata.get(METADATA_KEY)
+
+
+def replace_layer(viewer: napari.Viewer, layer: Layer) -> Layer:
+    """Add ``layer``, taking the place (and list position) of a layer of the same name."""
+    if layer.name in viewer.layers:
+        index = viewer.layers.index(layer.name)
+        viewer.layers.pop(index)
+        viewer.layers.insert(index, layer)
+    else:
+        viewer.layers.append(layer)
+    return layer
+
+
+def add_result_layers(viewer: napari.Viewer, run: WidgetRun, arrays: dict[str, np.ndarray],
+                      image: Layer) -> list[Layer]:
+    """Add (or replace) one Labels layer per result array, aligned with the image layer.
+
+    Parameters
+    ----------
+    arrays : suffix -> array from :func:`model.layer_arrays`
+    image : the Image layer the run was computed on; its scale and translate are copied
+    """
+    added = []
+    for suffix, data in arrays.items():
+        layer = Labels(data, name=run.layer_name(suffix), scale=image.scale,
+                       translate=image.translate, metadata={METADATA_KEY: run},
+                       visible=suffix in VISIBLE, opacity=0.6)
+        if suffix == "noise":
+            layer.colormap = NOISE_COLOURS
+        added.append(replace_layer(viewer, layer))
+    paint_clusters(viewer, run)  # cluster names in the status bar, before any metrics
+    return added
+
+
+def paint_clusters(viewer: napari.Viewer, run: WidgetRun) -> None:
+    """Draw the pseudo-mask and de-noised layers in their matched classes' colours and names."""
+    for suffix, key in (("pseudo mask", "initial"), (DENOISED, "denoised")):
+        name = run.layer_name(suffix)
+        if name not in viewer.layers or run_of(viewer.layers[name]) is not run:
+            continue
+        layer = viewer.layers[name]
+        colours, features = cluster_colormap(run, key)
+        if colours:
+            layer.colormap = colours
+        layer.features = features

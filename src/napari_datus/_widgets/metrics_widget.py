@@ -1,0 +1,283 @@
+"""Dock widget "DatUS metrics": scores against ground truth, confusion heatmap, segment QA.
+
+Every figure comes from :mod:`napari_datus.core.metrics` (through
+:func:`model.compute_metrics`). The widget reads the run from the result layers'
+metadata, so it works for any run in the viewer, whichever widget started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import replace
+from functools import partial
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_datus._widgets.layers import paint_clusters, run_of
+from napari_datus._widgets.model import (
+    SegmentInfo,
+    WidgetRun,
+    compute_metrics,
+    ground_truth,
+    reassign,
+    segment_at,
+    segment_crop,
+)
+from napari_datus._widgets.qt import ConfusionCanvas, LayerCombo, on_destroyed, set_image
+from napari_datus.core.errors import DatusError
+from napari_datus.io.masks import GT_FORMATS
+
+TABLE_COLUMNS = ("class", "IoU", "F1", "strict IoU", "clusters")
+BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}
+
+
+class MetricsWidget(QWidget):
+    """Metrics of a DatUS run against a ground-truth layer, and per-segment QA."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._selected: tuple[WidgetRun, SegmentInfo] | None = None
+        self._build()
+        callbacks = self.viewer.mouse_drag_callbacks
+        callbacks.append(self._on_click)
+        on_destroyed(self, partial(_remove, callbacks, self._on_click))
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.run_layer = LayerCombo(self.viewer, _is_pseudo_mask)
+        self.run_layer.currentTextChanged.connect(lambda _name: self._show(self.current_run()))
+        self.gt_layer = LayerCombo(self.viewer, _is_ground_truth,
+                                   prefer=lambda layer: isinstance(layer, Labels))
+        self.gt_format = QComboBox()
+        self.gt_format.addItems(GT_FORMATS)
+        self.gt_layer.currentTextChanged.connect(lambda _name: self._guess_format())
+        self._guess_format()
+        compute = QPushButton("Compute metrics")
+        compute.clicked.connect(self.compute)
+
+        form = QFormLayout()
+        form.addRow("pseudo mask", self.run_layer)
+        form.addRow("ground truth", self.gt_layer)
+        form.addRow("format", self.gt_format)
+
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.heatmap = ConfusionCanvas()
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(compute)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table)
+        layout.addWidget(self.heatmap)
+        layout.addWidget(self._qa_box())
+        layout.addStretch()
+
+    def _qa_box(self) -> QGroupBox:
+        box = QGroupBox("Segment QA")
+        self.segment_info = QLabel("Select a DatUS result layer and click a pixel"
+                                   " (pan/zoom mode).")
+        self.segment_info.setWordWrap(True)
+        self.crop = QLabel()
+        self.new_cluster = QSpinBox()
+        self.reassign_button = QPushButton("Reassign")
+        self.reassign_button.setEnabled(False)
+        self.reassign_button.clicked.connect(self.reassign)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("cluster"))
+        row.addWidget(self.new_cluster)
+        row.addWidget(self.reassign_button)
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.segment_info)
+        layout.addWidget(self.crop)
+        layout.addLayout(row)
+        return box
+
+    def _guess_format(self) -> None:
+        """SUIM layers default to the paper's 6-class protocol, others to index."""
+        layer = self.gt_layer.layer()
+        suim = layer is not None and (layer.metadata.get("gt_format") == "suim8"
+                                      or (isinstance(layer, Image) and layer.rgb))
+        self.gt_format.setCurrentText("suim6" if suim else "index")
+
+    # ---- metrics ------------------------------------------------------------------------
+
+    def current_run(self) -> WidgetRun | None:
+        return run_of(self.run_layer.layer())
+
+    def compute(self) -> dict[str, dict] | None:
+        """Score the chosen run against the chosen ground truth and show it.
+
+        Returns the metrics blocks (``initial``, ``denoised``), or None after a notification.
+        """
+        run, layer = self.current_run(), self.gt_layer.layer()
+        try:
+            if run is None:
+                raise DatusError("no DatUS result to score: run the DatUS pipeline first")
+            if layer is None:
+                raise DatusError("choose a ground-truth layer (Labels, or an RGB image of"
+                                 " SUIM colours)")
+            fmt = self.gt_format.currentText()
+            gt, names = ground_truth(layer.data, isinstance(layer, Labels),
+                                     bool(getattr(layer, "rgb", False)), fmt,
+                                     layer.metadata.get("gt_format"))
+            metrics = compute_metrics(run, gt, names)
+        except DatusError as exc:
+            show_error(str(exc))
+            return None
+        run.gt, run.gt_format, run.class_names, run.metrics = gt, fmt, names, metrics
+        self._show(run)
+        paint_clusters(self.viewer, run)
+        return metrics
+
+    def _show(self, run: WidgetRun | None) -> None:
+        """Fill summary, per-class table and heatmap from ``run.metrics`` (or clear them)."""
+        if run is None or not run.metrics:
+            self.summary.setText("" if run is None else "No metrics yet: choose ground truth"
+                                 " and press Compute metrics.")
+            self.table.setRowCount(0)
+            self.heatmap.clear()
+            return
+        self.summary.setText("\n".join(summary_lines(run)))
+        initial = run.metrics["initial"]
+        self.table.setRowCount(len(run.class_names))
+        for c, name in enumerate(run.class_names):
+            clusters = [k for k, m in initial["mapping"].items() if m == c]
+            cells = (name, _pct(initial["per_class_iou"][c]), _pct(initial["per_class_f1"][c]),
+                     _pct(initial["strict"]["per_class_iou"][c]), ", ".join(clusters) or "-")
+            for column, text in enumerate(cells):
+                self.table.setItem(c, column, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        # Show every class without an inner scroll bar.
+        rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(self.table.horizontalHeader().height() + rows + 2)
+        self.heatmap.show_confusion(np.asarray(initial["confusion"]), initial["mapping"],
+                                    run.class_names)
+
+    # ---- segment QA ---------------------------------------------------------------------
+
+    def _on_click(self, viewer: napari.Viewer, event) -> Generator[None, None, None]:
+        """Inspect the segment under a click (not a pan) on an active DatUS result layer."""
+        layer = viewer.layers.selection.active
+        run = run_of(layer)
+        # A closed dock widget lingers, hidden, until deleted: it must not react then.
+        if run is None or self.isHidden() or getattr(layer, "mode", "") != "pan_zoom":
+            return
+        yield
+        if event.type == "mouse_move":  # a pan: napari keeps calling until release
+            while event.type == "mouse_move":
+                yield
+            return
+        self.inspect(run, layer.world_to_data(event.position))
+
+    def inspect(self, run: WidgetRun, position) -> SegmentInfo | None:
+        """Show the segment under a data position ``(row, col)`` or ``(index, row, col)``."""
+        coords = [int(np.round(x)) for x in position]
+        index, row, col = coords if run.stack.is_stack else (0, *coords)
+        try:
+            info = segment_at(run, index, row, col)
+            crop = segment_crop(run, info)
+        except DatusError as exc:
+            self.segment_info.setText(str(exc))
+            return None
+        self._selected = (run, info)
+        self.segment_info.setText(self._describe(run, info))
+        set_image(self.crop, crop)
+        self.new_cluster.setRange(0, run.result.params.clusters - 1)
+        self.new_cluster.setValue(info.cluster or 0)
+        self.reassign_button.setEnabled(info.valid)
+        return info
+
+    def reassign(self) -> None:
+        """Move the inspected segment to the chosen cluster; mask and metrics follow."""
+        if self._selected is None:
+            return
+        run, info = self._selected
+        cluster = self.new_cluster.value()
+        try:
+            mask = reassign(run, info.index, info.segment, cluster)
+        except DatusError as exc:
+            show_error(str(exc))
+            return
+        name = run.layer_name("pseudo mask")
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data[info.index if run.stack.is_stack else ...] = mask
+            layer.refresh()
+        if run.gt is not None:
+            run.metrics = compute_metrics(run, run.gt, run.class_names)
+            paint_clusters(self.viewer, run)
+            if run is self.current_run():
+                self._show(run)
+        self._selected = (run, replace(info, cluster=cluster))
+        self.segment_info.setText(self._describe(run, self._selected[1]))
+
+    @staticmethod
+    def _describe(run: WidgetRun, info: SegmentInfo) -> str:
+        stem = run.stack.stems[info.index]
+        kind = f"valid segment {info.segment}" if info.valid else "noise"
+        text = f"{stem}: {kind}, {info.patches} patches (component {info.component})"
+        if info.cluster is not None:
+            text += f", cluster {info.cluster}"
+            mapping = run.metrics.get("initial", {}).get("mapping", {})
+            matched = mapping.get(str(info.cluster))
+            if matched is not None:
+                text += f" -> {run.class_names[matched]}"
+        return text
+
+
+def summary_lines(run: WidgetRun) -> list[str]:
+    """The headline figures of every metrics block, as shown in the widget."""
+    k = run.result.params.clusters
+    lines = [f"K = {k} clusters, {len(run.class_names)} classes ({run.gt_format}),"
+             " Hungarian matching"]
+    for key, block in run.metrics.items():
+        strict = block["strict"]
+        lines += [
+            f"{BLOCK_TITLES[key]}: mIoU {_pct(block['miou'])}, pixel accuracy"
+            f" {_pct(block['pixel_accuracy'])}, mean F1 {_pct(block['mean_f1'])}",
+            f"  strict (unlabelled counted wrong): mIoU {_pct(strict['miou'])}, pixel accuracy"
+            f" {_pct(strict['pixel_accuracy'])}, mean F1 {_pct(strict['mean_f1'])};"
+            f" coverage {_pct(block['coverage'])}",
+        ]
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _is_pseudo_mask(layer: Layer) -> bool:
+    run = run_of(layer)
+    return run is not None and layer.name == run.layer_name("pseudo mask")
+
+
+def _is_ground_truth(layer: Layer) -> bool:
+    """Labels that are not DatUS results, or Image layers (RGB SUIM colours or index)."""
+    return (isinstance(layer, Labels) and run_of(layer) is None) or isinstance(layer, Image)
+
+
+def _remove(callbacks: list, callback) -> None:
+    if callback in callbacks:
+        callbacks.remove(callback)

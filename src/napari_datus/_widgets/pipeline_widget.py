@@ -1,0 +1,330 @@
+"""Dock widget "DatUS pipeline": settings, Run/Cancel in a worker thread, export.
+
+The widget only gathers settings and turns results into layers: the work is
+:func:`napari_datus.pipeline.run` (and :func:`model.denoise`) in a napari
+``thread_worker``, which yields after every image, so Cancel stops within one image and
+the UI never waits on the model. Layers are added only when a run returns, so a
+cancelled or failed run leaves none behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import napari
+from napari.layers import Image, Layer
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_datus._widgets.export import export_run
+from napari_datus._widgets.layers import add_result_layers, run_of
+from napari_datus._widgets.model import ImageStack, WidgetRun, denoise, image_stack, layer_arrays
+from napari_datus._widgets.qt import LayerCombo
+from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
+from napari_datus.core.denoise import DenoiseConfig, TrainProgress
+from napari_datus.core.errors import DatusError
+from napari_datus.pipeline import Params, Progress, array_sources, run
+
+BackboneKey = tuple[str, str | None, str]
+Event = Progress | TrainProgress
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunFailed:
+    """A run stopped by a DatusError, returned (not raised) so it shows without a traceback."""
+
+    message: str
+
+
+class PipelineWidget(QWidget):
+    """Run DatUS on an Image layer (one 2D image, or a stack that is the dataset)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        # Tests swap in a tiny random ViT here; it is called as factory(model, weights, device).
+        self._backbone_factory: Callable[[str, str | None, str], Backbone] = load_backbone
+        self._backbones: dict[BackboneKey, Backbone] = {}
+        self._worker = None
+        self._progress: progress | None = None
+        self._build()
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        defaults = Params()
+        self.image = LayerCombo(self.viewer, lambda layer: isinstance(layer, Image))
+        self.model = QLineEdit(default_model())
+        self.model.setToolTip("timm model name; with no weights file its hub weights download")
+        self.weights = QLineEdit(default_weights() or "")
+        self.weights.setPlaceholderText("none: the hub's pretrained weights")
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse_weights)
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.weights)
+        weights_row.addWidget(browse)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.resolution = _spin(8, 4096, defaults.resolution,
+                                "side the image is resized to; a multiple of the patch size")
+        self.clusters = _spin(1, 254, defaults.clusters, "K, number of k-means clusters")
+        self.tau = _spin(0, 100_000, defaults.tau, "segments of <= tau patches are noise")
+        self.seed = _spin(0, 2**31 - 1, defaults.seed, "seed of Louvain and k-means")
+        self.denoise = QCheckBox("de-noise with DeepLabV3")
+        self.epochs = _spin(1, 1000, DenoiseConfig().epochs, "de-noising training epochs")
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("model", self.model)
+        form.addRow("weights", weights_row)
+        form.addRow("device", self.device)
+        form.addRow("resolution", self.resolution)
+        form.addRow("K", self.clusters)
+        form.addRow("tau", self.tau)
+        form.addRow("seed", self.seed)
+        form.addRow(self.denoise)
+        form.addRow("epochs", self.epochs)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self._export_box())
+        open_metrics = QPushButton("Metrics and segment QA…")
+        open_metrics.clicked.connect(self._open_metrics)
+        layout.addWidget(open_metrics)
+        layout.addStretch()
+
+    def _export_box(self) -> QGroupBox:
+        box = QGroupBox("Export (datus run layout)")
+        self.export_index = QCheckBox("index PNG")
+        self.export_index.setChecked(True)
+        self.export_colour = QCheckBox("SUIM colours")
+        self.export_colour.setToolTip("pseudo masks in their matched classes' colours;"
+                                      " needs metrics against SUIM ground truth")
+        button = QPushButton("Export…")
+        button.clicked.connect(self._choose_export_folder)
+        row = QHBoxLayout(box)
+        row.addWidget(self.export_index)
+        row.addWidget(self.export_colour)
+        row.addWidget(button)
+        return box
+
+    # ---- settings -----------------------------------------------------------------------
+
+    def params(self) -> Params:
+        """The pipeline settings shown in the widget (the rest keep Params' defaults)."""
+        return Params(
+            model=self.model.text().strip() or default_model(),
+            weights=self.weights.text().strip() or None,
+            resolution=self.resolution.value(),
+            clusters=self.clusters.value(),
+            tau=self.tau.value(),
+            seed=self.seed.value(),
+            device=self.device.currentText(),
+        )
+
+    def denoise_config(self) -> DenoiseConfig | None:
+        """De-noising settings, or None when it is off."""
+        if not self.denoise.isChecked():
+            return None
+        return DenoiseConfig(epochs=self.epochs.value(), seed=self.seed.value(),
+                             device=self.device.currentText())
+
+    def _browse_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "",
+                                              "State dicts (*.pth *.pt *.safetensors)")
+        if path:
+            self.weights.setText(path)
+
+    # ---- running ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start the pipeline on the chosen image layer in a worker thread."""
+        if self._worker is not None:
+            return
+        layer = self.image.layer()
+        try:
+            stack = _stack_of(layer)
+            params = self.params()
+            params.validate()
+            config = self.denoise_config()
+            if config is not None:
+                config.validate()
+        except DatusError as exc:
+            show_error(str(exc))
+            return
+        worker = thread_worker(self._work, start_thread=False)(layer.name, stack, params, config)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(partial(self._on_returned, layer))
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._progress = progress(total=stack.shape[0], desc="DatUS")
+        self._set_running(True)
+        self.status.setText("starting…")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the run at the next image; layers of the unfinished run are never added."""
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.setText("cancelling after the current image…")
+
+    def _work(self, name: str, stack: ImageStack, params: Params,
+              config: DenoiseConfig | None,
+              ) -> Generator[Event, None, tuple[WidgetRun, dict] | RunFailed]:
+        """Worker thread: every stage, then the layer arrays (no Qt here).
+
+        Returns ``(WidgetRun, arrays)``, or RunFailed for a user-fixable problem (a raised
+        error, or even a returned exception object, would reach napari as a traceback).
+        """
+        try:
+            backbone = yield from self._load_backbone(params, stack.shape[0])
+            result = yield from run(array_sources(stack.images, stack.stems), stack.shape[0],
+                                    params, backbone)
+            widget_run = WidgetRun(name, stack, result, backbone.patch_size,
+                                   backbone.input_size)
+            if config is not None:
+                widget_run.denoised = yield from denoise(widget_run, config)
+            yield Progress("building layers", 0, 1)
+            return widget_run, layer_arrays(widget_run)
+        except DatusError as exc:
+            return RunFailed(str(exc))
+
+    def _load_backbone(self, params: Params, total: int) -> Generator[Event, None, Backbone]:
+        """The cached backbone for (model, weights, device), loaded on first use."""
+        key = (params.model, params.weights, params.device)
+        if key not in self._backbones:
+            yield Progress("loading model", 0, total)
+            # Keep one model: a re-run with the same backbone reuses it, another replaces it.
+            self._backbones = {key: self._backbone_factory(*key)}
+        return self._backbones[key]
+
+    def _on_progress(self, event: Event) -> None:
+        if isinstance(event, TrainProgress):
+            stage = f"denoise epoch {event.epoch}/{event.epochs}"
+            done, total = (event.epoch - 1) * event.steps + event.step, event.epochs * event.steps
+        else:
+            stage, done, total = event.stage, event.index, event.total
+        self.status.setText(event.message)
+        bar = self._progress
+        if bar is None:  # a progress event queued before the run finished
+            return
+        bar.total = max(total, 1)
+        bar.set_description(f"DatUS {stage}")
+        bar.update(done - bar.n)  # stages restart the count; update() also notifies napari
+
+    def _on_returned(self, image: Layer, out: tuple[WidgetRun, dict] | RunFailed) -> None:
+        if isinstance(out, RunFailed):
+            self.status.setText("failed")
+            show_error(out.message)
+            return
+        widget_run, arrays = out
+        add_result_layers(self.viewer, widget_run, arrays, image)
+        counts = widget_run.result.segment_counts()
+        self.status.setText(f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid"
+                            f" and {counts['noise']} noise segments"
+                            f" ({counts['valid_fraction']:.0%} valid)")
+        for skipped in widget_run.result.skipped:
+            show_warning(f"skipped {skipped.file}: {skipped.reason}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled: no layers were added")
+        show_info("DatUS run cancelled: no layers were added")
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = None
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    # ---- export and metrics -------------------------------------------------------------
+
+    def current_run(self) -> WidgetRun | None:
+        """The run whose layers belong to the chosen image, if it has been run."""
+        image = self.image.layer()
+        if image is None:
+            return None
+        name = f"{image.name} pseudo mask"
+        return run_of(self.viewer.layers[name]) if name in self.viewer.layers else None
+
+    def export(self, folder: str | Path) -> list[Path]:
+        """Write the chosen image's result layers (and metrics) to ``folder``.
+
+        Returns the files written; problems are shown as notifications.
+        """
+        widget_run = self.current_run()
+        if widget_run is None:
+            show_error("nothing to export: run the pipeline on the chosen image first")
+            return []
+        try:
+            written = export_run(self.viewer, widget_run, Path(folder),
+                                 index=self.export_index.isChecked(),
+                                 colour=self.export_colour.isChecked())
+        except DatusError as exc:
+            show_error(str(exc))
+            return []
+        show_info(f"exported {len(written)} files to {folder}")
+        return written
+
+    def _choose_export_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export DatUS masks to")
+        if folder:
+            self.export(folder)
+
+    def _open_metrics(self) -> None:
+        self.viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
+
+
+def _stack_of(layer: Layer | None) -> ImageStack:
+    """The chosen layer as an image stack, or a DatusError saying why it cannot be one."""
+    if not isinstance(layer, Image):
+        raise DatusError("choose an Image layer to segment (2D gray/RGB or a stack);"
+                         " Labels layers hold results, not images")
+    if layer.multiscale:
+        raise DatusError(f"layer {layer.name!r} is multiscale: open one resolution level")
+    return image_stack(layer.data, layer.rgb, layer.name, layer.metadata.get("stems"))
+
+
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box

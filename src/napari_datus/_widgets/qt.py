@@ -1,0 +1,114 @@
+"""Small Qt pieces shared by the widgets: a layer chooser, the confusion heatmap, an image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import napari
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from napari.layers import Layer
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QComboBox, QLabel, QWidget
+
+
+class LayerCombo(QComboBox):
+    """The viewer's layers that pass ``accept``, kept current as layers come and go.
+
+    When nothing is chosen yet, the first layer that passes ``prefer`` is chosen; a newly
+    inserted layer that passes both is selected, so a fresh result or a just-opened image
+    is the default choice.
+    """
+
+    def __init__(self, viewer: napari.Viewer, accept: Callable[[Layer], bool],
+                 prefer: Callable[[Layer], bool] = lambda _layer: True) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._accept = accept
+        self._prefer = prefer
+        events = viewer.layers.events
+        for emitter, callback in ((events.inserted, self._on_inserted),
+                                  (events.removed, self.refresh),
+                                  (events.renamed, self.refresh)):
+            emitter.connect(callback)
+            on_destroyed(self, partial(emitter.disconnect, callback))
+        self.refresh()
+
+    def layer(self) -> Layer | None:
+        """The chosen layer, or None when no layer fits."""
+        name = self.currentText()
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+    def refresh(self, *_args, select: str | None = None) -> None:
+        """Re-list the layers, keeping the current choice unless ``select`` names another."""
+        layers = [layer for layer in self._viewer.layers if self._accept(layer)]
+        names = [layer.name for layer in layers]
+        preferred = [layer.name for layer in layers if self._prefer(layer)]
+        before = self.currentText()
+        keep = select or before
+        if keep not in names:
+            keep = (preferred or names or [""])[0]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        self.setCurrentText(keep)
+        self.blockSignals(False)
+        # A replaced layer keeps its name but is removed first, so this still fires for it.
+        if self.currentText() != before:
+            self.currentTextChanged.emit(self.currentText())
+
+    def _on_inserted(self, event) -> None:
+        layer = event.value
+        chosen = self._accept(layer) and self._prefer(layer)
+        self.refresh(select=layer.name if chosen else None)
+
+
+def on_destroyed(widget: QWidget, disconnect: Callable[[], None]) -> None:
+    """Call ``disconnect`` when ``widget`` is deleted (a closed dock widget is): the viewer
+    must stop calling into it."""
+    widget.destroyed.connect(lambda _widget=None: disconnect())
+
+
+class ConfusionCanvas(FigureCanvasQTAgg):
+    """The K x C confusion matrix as a heatmap, each row normalised, matches outlined."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(4.2, 3.2), tight_layout=True)
+        super().__init__(self.figure)
+        self.setMinimumHeight(260)
+
+    def show_confusion(self, matrix: np.ndarray, mapping: dict[str, int | None],
+                       class_names: list[str]) -> None:
+        """Draw ``matrix`` (K, C) counts; the Hungarian ``mapping`` cells get a box."""
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        counts = np.asarray(matrix, dtype=float)
+        rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right",
+                      fontsize=8)
+        ax.set_yticks(range(counts.shape[0]), [str(k) for k in range(counts.shape[0])],
+                      fontsize=8)
+        ax.set_xlabel("ground-truth class", fontsize=8)
+        ax.set_ylabel("cluster", fontsize=8)
+        for cluster, cls in mapping.items():
+            if cls is not None:
+                ax.add_patch(Rectangle((cls - 0.5, int(cluster) - 0.5), 1, 1, fill=False,
+                                       edgecolor="red", linewidth=2))
+        self.figure.colorbar(image, ax=ax, label="share of cluster's pixels")
+        self.draw_idle()
+
+    def clear(self) -> None:
+        self.figure.clear()
+        self.draw_idle()
+
+
+def set_image(label: QLabel, rgb: np.ndarray, side: int = 160) -> None:
+    """Show an ``(H, W, 3) uint8`` image in a QLabel, scaled to ``side`` pixels."""
+    rgb = np.ascontiguousarray(rgb)
+    height, width = rgb.shape[:2]
+    image = QImage(rgb.data, width, height, 3 * width, QImage.Format_RGB888).copy()
+    label.setPixmap(QPixmap.fromImage(image).scaled(side, side))

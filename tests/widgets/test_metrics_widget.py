@@ -1,0 +1,184 @@
+"""The "DatUS metrics" widget: figures equal the core's, class colours, segment QA, export."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+from napari_datus._widgets.layers import run_of
+from napari_datus._widgets.metrics_widget import summary_lines
+from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
+from napari_datus.io.masks import SUIM6_COLOURS, SUIM6_NAMES, SUIM8_TO_SUIM6
+from napari_datus.outputs import write_grid_outputs
+
+from .conftest import errors, run_and_wait
+
+
+def core_metrics(run, gt6: np.ndarray) -> dict:
+    """The reference: the core's Confusion and evaluate on the run's pseudo masks."""
+    confusion = Confusion(run.result.params.clusters, len(SUIM6_NAMES))
+    for i in range(gt6.shape[0]):
+        confusion.add(run.result.pseudo_mask(i), gt6[i])
+    return evaluate(confusion, SUIM6_NAMES)
+
+
+def click(viewer, metrics, position) -> None:
+    """Drive the viewer mouse callback as napari does for a press and release in place."""
+    event = SimpleNamespace(position=position, type="mouse_press")
+    callback = metrics._on_click(viewer, event)
+    next(callback)
+    event.type = "mouse_release"
+    next(callback, None)
+
+
+def scored(qtbot, viewer, pipeline, metrics):
+    run_and_wait(qtbot, pipeline)
+    assert metrics.run_layer.currentText() == "suim pseudo mask"
+    assert metrics.gt_layer.currentText() == "suim ground truth"
+    assert metrics.gt_format.currentText() == "suim6"
+    return run_of(viewer.layers["suim pseudo mask"]), metrics.compute()
+
+
+def test_metrics_shown_equal_the_core(qtbot, viewer, sample, pipeline, metrics, notifications):
+    _image, gt = sample
+    run, shown = scored(qtbot, viewer, pipeline, metrics)
+
+    expected = core_metrics(run, SUIM8_TO_SUIM6[gt.data])
+    assert shown["initial"] == expected
+    text = metrics.summary.text()
+    assert text == "\n".join(summary_lines(run))
+    for key in ("miou", "pixel_accuracy", "mean_f1", "coverage"):
+        assert f"{expected[key]:.1%}" in text
+    assert f"mIoU {expected['strict']['miou']:.1%}" in text
+    for c, name in enumerate(SUIM6_NAMES):
+        assert metrics.table.item(c, 0).text() == name
+        iou = expected["per_class_iou"][c]
+        assert metrics.table.item(c, 1).text() == ("-" if iou is None else f"{iou:.1%}")
+    assert errors(notifications) == []
+
+
+def test_pseudo_mask_drawn_in_matched_class_colours(qtbot, viewer, sample, pipeline, metrics):
+    run, shown = scored(qtbot, viewer, pipeline, metrics)
+    layer = viewer.layers["suim pseudo mask"]
+    mapping = shown["initial"]["mapping"]
+    names = dict(zip(layer.features["index"], layer.features["class"]))
+    for cluster, cls in mapping.items():
+        label = int(cluster) + 1
+        colour = layer.colormap.map(np.array([label]))[0][:3]
+        if cls is None:
+            assert names[label] == "unmatched"
+        else:
+            assert names[label] == SUIM6_NAMES[cls]
+            np.testing.assert_allclose(colour, SUIM6_COLOURS[cls] / 255, atol=1e-6)
+    # The layer data stays cluster-based.
+    np.testing.assert_array_equal(np.unique(layer.data), np.unique(layer.data[layer.data <= 3]))
+
+
+def test_ground_truth_of_another_shape(qtbot, viewer, sample, pipeline, metrics, notifications):
+    run_and_wait(qtbot, pipeline)
+    viewer.add_labels(np.zeros((5, 100, 100), dtype=np.uint8), name="wrong size")
+    metrics.gt_layer.setCurrentText("wrong size")
+
+    assert metrics.compute() is None
+    assert any("never resized" in m for m in errors(notifications))
+
+
+def test_no_run_yet(viewer, sample, metrics, notifications):
+    assert metrics.compute() is None
+    assert any("run the DatUS pipeline" in m for m in errors(notifications))
+
+
+def test_segment_qa_and_reassign(qtbot, viewer, sample, pipeline, metrics, notifications):
+    _image, gt = sample
+    run, _shown = scored(qtbot, viewer, pipeline, metrics)
+    segments = viewer.layers["suim segments"]
+    index, row, col = 1, *np.argwhere(segments.data[1] > 0)[0]
+    segment = int(segments.data[index, row, col])
+
+    viewer.layers.selection.active = segments
+    click(viewer, metrics, (index, row, col))
+    info = metrics._selected[1]
+    r = run.result.results[index]
+    assert (info.index, info.segment) == (index, segment)
+    assert info.patches == r.segments.sizes[segment - 1]
+    assert info.cluster == run.result.clusters[index][segment - 1]
+    assert f"valid segment {segment}" in metrics.segment_info.text()
+    crop = metrics.crop.pixmap()
+    assert crop is not None and not crop.isNull()
+    assert metrics.reassign_button.isEnabled()
+
+    new = (info.cluster + 1) % 3
+    metrics.new_cluster.setValue(new)
+    metrics.reassign_button.click()
+    pixels = upsample_nearest(r.segments.valid, (480, 640)) == segment
+    assert np.all(viewer.layers["suim pseudo mask"].data[index][pixels] == new + 1)
+    assert run.result.clusters[index][segment - 1] == new
+    assert metrics.current_run().metrics["initial"] == core_metrics(run, SUIM8_TO_SUIM6[gt.data])
+    assert f"cluster {new}" in metrics.segment_info.text()
+    assert errors(notifications) == []
+
+
+def test_noise_segment_cannot_be_reassigned(qtbot, viewer, sample, pipeline, metrics):
+    run, _shown = scored(qtbot, viewer, pipeline, metrics)
+    noise = viewer.layers["suim noise"]
+    hits = [(i, *np.argwhere(noise.data[i])[0]) for i in range(5) if noise.data[i].any()]
+    info = metrics.inspect(run, hits[0])
+
+    assert not info.valid and info.cluster is None
+    assert "noise" in metrics.segment_info.text()
+    assert not metrics.reassign_button.isEnabled()
+
+
+def test_panning_does_not_inspect(qtbot, viewer, sample, pipeline, metrics):
+    scored(qtbot, viewer, pipeline, metrics)
+    viewer.layers.selection.active = viewer.layers["suim segments"]
+    event = SimpleNamespace(position=(0, 100, 100), type="mouse_press")
+    callback = metrics._on_click(viewer, event)
+    next(callback)
+    event.type = "mouse_move"
+    next(callback)
+    event.type = "mouse_release"
+    next(callback, None)
+    assert metrics._selected is None
+
+
+def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, tmp_path):
+    run, shown = scored(qtbot, viewer, pipeline, metrics)
+    pipeline.export_colour.setChecked(True)
+    written = pipeline.export(tmp_path / "out")
+
+    out = tmp_path / "out"
+    stems = run.stack.stems
+    assert len(written) == 4 * len(stems) + 3
+    reference = tmp_path / "cli"
+    for i, stem in enumerate(stems):
+        r = run.result.results[i]
+        write_grid_outputs(reference, stem, r.partition, r.segments.valid, r.shape)
+        for folder in ("partitions", "segments"):
+            ours = np.asarray(Image.open(out / folder / f"{stem}.png"))
+            cli = np.asarray(Image.open(reference / folder / f"{stem}.png"))
+            assert ours.dtype == cli.dtype
+            np.testing.assert_array_equal(ours, cli)
+        pseudo = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
+        np.testing.assert_array_equal(pseudo, run.result.pseudo_mask(i))
+        assert pseudo.dtype == np.uint8 and (UNLABELLED in pseudo) == (pseudo == 255).any()
+        colour = np.asarray(Image.open(out / "pseudo_masks_colour" / f"{stem}.png"))
+        assert colour.shape == (480, 640, 3)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["initial"]["miou"] == shown["initial"]["miou"]
+    assert saved["classes"] == SUIM6_NAMES and saved["images"] == stems
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("class,initial_iou")
+    assert json.loads((out / "run.json").read_text())["params"]["clusters"] == 3
+
+
+def test_widgets_open_from_the_plugin_menu(viewer):
+    from napari_datus._widgets import MetricsWidget, PipelineWidget
+
+    _dock, pipeline = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS pipeline")
+    _dock, metrics = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
+    assert isinstance(pipeline, PipelineWidget)
+    assert isinstance(metrics, MetricsWidget)

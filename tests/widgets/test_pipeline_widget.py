@@ -1,0 +1,169 @@
+"""The "DatUS pipeline" widget on real SUIM images with a tiny random ViT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+from napari_datus._widgets.layers import run_of
+from napari_datus._widgets.model import LAYER_SUFFIXES, to_layer_labels
+from napari_datus.core.pseudolabel import upsample_nearest
+
+from .conftest import errors, run_and_wait
+
+SUFFIXES = LAYER_SUFFIXES
+
+
+def result_layers(viewer, image: str = "suim") -> dict[str, Labels]:
+    return {s: viewer.layers[f"{image} {s}"] for s in SUFFIXES if f"{image} {s}" in viewer.layers}
+
+
+def test_sample_run_adds_every_layer(qtbot, viewer, sample, pipeline, notifications):
+    image, _gt = sample
+    image.scale = (1, 0.5, 0.5)
+    image.translate = (0, 10, 20)
+    run_and_wait(qtbot, pipeline)
+
+    assert errors(notifications) == []
+    layers = result_layers(viewer)
+    assert set(layers) == set(SUFFIXES)
+    for layer in layers.values():
+        assert isinstance(layer, Labels)
+        assert layer.data.shape == (5, 480, 640)
+        assert np.issubdtype(layer.data.dtype, np.unsignedinteger)
+        np.testing.assert_array_equal(layer.scale, image.scale)
+        np.testing.assert_array_equal(layer.translate, image.translate)
+    assert layers["pseudo mask"].data.dtype == np.uint8
+    assert layers["noise"].data.dtype == np.uint8
+
+    run = run_of(layers["pseudo mask"])
+    assert run.stack.stems == image.metadata["stems"]
+    for i, r in enumerate(run.result.results):
+        valid = upsample_nearest(r.segments.valid, (480, 640))
+        np.testing.assert_array_equal(layers["segments"].data[i], valid)
+        np.testing.assert_array_equal(layers["noise"].data[i], valid == 0)
+        np.testing.assert_array_equal(layers["partitions"].data[i],
+                                      upsample_nearest(r.partition, (480, 640)) + 1)
+        np.testing.assert_array_equal(layers["pseudo mask"].data[i],
+                                      to_layer_labels(run.result.pseudo_mask(i)))
+    assert layers["pseudo mask"].data.max() <= 3
+    assert "done" in pipeline.status.text()
+
+
+def test_rerun_replaces_layers(qtbot, viewer, sample, pipeline):
+    run_and_wait(qtbot, pipeline)
+    count = len(viewer.layers)
+    first = run_of(viewer.layers["suim pseudo mask"])
+    pipeline.clusters.setValue(2)
+    run_and_wait(qtbot, pipeline)
+
+    assert len(viewer.layers) == count
+    second = run_of(viewer.layers["suim pseudo mask"])
+    assert second is not first
+    assert second.result.params.clusters == 2
+    assert viewer.layers["suim pseudo mask"].data.max() <= 2
+    # The backbone was loaded once and reused.
+    assert len(pipeline._backbones) == 1
+
+
+def test_cancel_leaves_no_partial_layers(qtbot, viewer, sample, pipeline, gate, notifications):
+    stages: list[str] = []
+
+    def cancel_after_first_image(event) -> None:
+        stages.append(event.message)
+        if event.stage == "segments" and event.index == 1:
+            pipeline.cancel()
+            gate.set()
+
+    pipeline.run_button.click()
+    pipeline._worker.yielded.connect(cancel_after_first_image)
+    qtbot.waitUntil(lambda: pipeline._worker is None, timeout=60_000)
+
+    assert result_layers(viewer) == {}
+    assert "cancelled" in pipeline.status.text()
+    # Stopped within one image of the cancel.
+    assert not any(s.startswith(("segments 3/5", "kmeans")) for s in stages)
+    assert errors(notifications) == []
+    assert pipeline.run_button.isEnabled() and not pipeline.cancel_button.isEnabled()
+
+
+def test_stack_of_three_images(qtbot, viewer, pipeline):
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (3, 96, 128, 3), dtype=np.uint8), rgb=True,
+                     name="three")
+    run_and_wait(qtbot, pipeline)
+
+    layers = result_layers(viewer, "three")
+    assert set(layers) == set(SUFFIXES)
+    assert all(layer.data.shape == (3, 96, 128) for layer in layers.values())
+    assert run_of(layers["segments"]).stack.stems == ["three_0000", "three_0001", "three_0002"]
+
+
+def test_single_gray_image(qtbot, viewer, pipeline):
+    rng = np.random.default_rng(1)
+    viewer.add_image(rng.random((100, 120)).astype(np.float32), name="gray")
+    pipeline.clusters.setValue(2)
+    pipeline.tau.setValue(1)
+    run_and_wait(qtbot, pipeline)
+
+    layers = result_layers(viewer, "gray")
+    assert all(layer.data.shape == (100, 120) for layer in layers.values())
+
+
+def test_labels_layer_is_not_an_image(qtbot, viewer, pipeline, notifications):
+    viewer.add_labels(np.zeros((64, 64), dtype=np.uint8), name="labels only")
+    assert pipeline.image.count() == 0
+    pipeline.run_button.click()
+
+    assert pipeline._worker is None
+    assert any("Image layer" in m for m in errors(notifications))
+    assert len(viewer.layers) == 1
+
+
+def test_resolution_not_multiple_of_patch(qtbot, viewer, sample, pipeline, notifications):
+    pipeline.resolution.setValue(60)
+    run_and_wait(qtbot, pipeline)
+
+    assert any("multiple of the model's patch size" in m for m in errors(notifications))
+    assert result_layers(viewer) == {}
+
+
+@pytest.mark.parametrize("content", [None, b"not a state dict"])
+def test_missing_or_corrupt_weights(qtbot, viewer, sample, pipeline, notifications, tmp_path,
+                                    content):
+    from napari_datus.core.backbone import load_backbone
+
+    weights = tmp_path / "weights.pth"
+    if content is not None:
+        weights.write_bytes(content)
+    pipeline._backbone_factory = load_backbone
+    pipeline.model.setText("vit_tiny_patch16_224")
+    pipeline.weights.setText(str(weights))
+    run_and_wait(qtbot, pipeline)
+
+    messages = errors(notifications)
+    expected = "not found" if content is None else "corrupt"
+    assert any(expected in m for m in messages), messages
+    assert result_layers(viewer) == {}
+    assert pipeline._backbones == {}
+
+
+def test_denoising_adds_a_fully_labelled_layer(qtbot, viewer, pipeline, metrics, notifications):
+    rng = np.random.default_rng(2)
+    viewer.add_image(rng.integers(0, 255, (3, 64, 80, 3), dtype=np.uint8), rgb=True, name="d")
+    pipeline.denoise.setChecked(True)
+    pipeline.epochs.setValue(1)
+    run_and_wait(qtbot, pipeline)
+
+    assert errors(notifications) == []
+    layer = viewer.layers["d de-noised"]
+    assert layer.data.shape == (3, 64, 80) and layer.data.dtype == np.uint8
+    assert layer.data.min() >= 1 and layer.data.max() <= 3
+
+    viewer.add_labels(rng.integers(0, 3, (3, 64, 80)).astype(np.uint8), name="truth")
+    shown = metrics.compute()
+    assert set(shown) == {"initial", "denoised"}
+    assert shown["denoised"]["coverage"] == 1.0
+    assert "de-noised masks: mIoU" in metrics.summary.text()
+
