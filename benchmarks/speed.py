@@ -1,6 +1,6 @@
 """Speed benchmark of DatUS (issue 6): where the time goes, and what a re-run costs.
 
-Usage (from the repository root; about 25 minutes on one CPU thread)::
+Usage (from the repository root; about 20 minutes on one CPU thread)::
 
     python benchmarks/speed.py --weights ../shared/weights/dinov2_vits14_imgfocus.pth
 

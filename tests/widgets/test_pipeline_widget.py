@@ -67,6 +67,25 @@ def test_rerun_replaces_layers(qtbot, viewer, sample, pipeline):
     assert len(pipeline._backbones) == 1
 
 
+def test_rerun_with_another_k_skips_the_vit(qtbot, viewer, sample, pipeline, tmp_path):
+    from napari_datus.cache import FeatureCache
+
+    pipeline._cache = FeatureCache(tmp_path)
+    model = pipeline._backbone_factory().model
+    forwards = []
+    handle = model.blocks[-1].register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        run_and_wait(qtbot, pipeline)
+        first = len(forwards)
+        pipeline.clusters.setValue(2)
+        run_and_wait(qtbot, pipeline)
+    finally:
+        handle.remove()
+    assert first == 5  # one forward per sample image
+    assert len(forwards) == first
+    assert run_of(viewer.layers["suim pseudo mask"]).result.params.clusters == 2
+
+
 def test_cancel_leaves_no_partial_layers(qtbot, viewer, sample, pipeline, gate, notifications):
     stages: list[str] = []
 

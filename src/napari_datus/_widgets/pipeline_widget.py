@@ -38,6 +38,7 @@ from napari_datus._widgets.export import export_run
 from napari_datus._widgets.layers import add_result_layers, run_of
 from napari_datus._widgets.model import ImageStack, WidgetRun, denoise, image_stack, layer_arrays
 from napari_datus._widgets.qt import LayerCombo
+from napari_datus.cache import FeatureCache
 from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
 from napari_datus.core.denoise import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
@@ -64,6 +65,9 @@ class PipelineWidget(QWidget):
         # Tests swap in a tiny random ViT here; it is called as factory(model, weights, device).
         self._backbone_factory: Callable[[str, str | None, str], Backbone] = load_backbone
         self._backbones: dict[BackboneKey, Backbone] = {}
+        # Features, partitions and embeddings on disk: a re-run with another K or tau skips
+        # the ViT and Louvain ($DATUS_CACHE_DIR; disabled by itself if not writable).
+        self._cache = FeatureCache()
         self._worker = None
         self._progress: progress | None = None
         self._build()
@@ -212,7 +216,7 @@ class PipelineWidget(QWidget):
         try:
             backbone = yield from self._load_backbone(params, stack.shape[0])
             result = yield from run(array_sources(stack.images, stack.stems), stack.shape[0],
-                                    params, backbone)
+                                    params, backbone, self._cache)
             widget_run = WidgetRun(name, stack, result, backbone.patch_size,
                                    backbone.input_size)
             if config is not None:

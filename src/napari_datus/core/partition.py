@@ -73,7 +73,9 @@ def to_igraph(adj: np.ndarray) -> ig.Graph:
     rows = cols = None
     if np.count_nonzero(present) <= EDGE_LIST_MAX_DENSITY * n * n:
         rows, cols = upper_edges(present)
-        graph = ig.Graph(n=n, edges=np.column_stack([rows, cols]).tolist())
+        # Tuples, not the nested lists of .tolist(): thousands of new lists set off the
+        # garbage collector, which made this step six times slower.
+        graph = ig.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
     else:
         # A Python pair per edge costs more than igraph's C scan of the whole matrix here.
         # "lower" reads the lower triangle column by column, i.e. the upper one row by row.
