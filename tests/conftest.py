@@ -37,6 +37,12 @@ def make_tiny_vit(seed: int = 0) -> torch.nn.Module:
     return timm.models.vision_transformer.VisionTransformer(**TINY_KWARGS)
 
 
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch):
+    """Keep every test's feature cache out of the user's cache folder."""
+    monkeypatch.setenv("DATUS_CACHE_DIR", str(tmp_path_factory.mktemp("datus-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone() -> Backbone:
     torch.set_num_threads(1)

@@ -38,7 +38,15 @@ from napari_datus.outputs import (
     write_json,
     write_pseudo_mask,
 )
-from napari_datus.pipeline import Params, Skipped, Timer, cluster, pseudo_mask
+from napari_datus.pipeline import (
+    Params,
+    Progress,
+    Skipped,
+    Timer,
+    cluster,
+    drive,
+    pseudo_mask,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,18 +160,15 @@ def run_command(args: argparse.Namespace) -> dict:
     cache = FeatureCache(enabled=not args.no_cache)
     with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
             dask_client(args.dask_scheduler, args.dask_local) as client:
-        gen = segment_images(sources, len(files), backbone, params, timer, cache, client)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                results, skipped = stop.value
-                break
+        def write_grids(event: Progress) -> None:
             if event.result is not None:
                 r = event.result
                 with timer("write"):
                     write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
             bar.update(1)
+
+        results, skipped = drive(segment_images(sources, len(files), backbone, params, timer,
+                                                cache, client), write_grids)
     for s in skipped:
         warn(f"skipped {s.file}: {s.reason}")
     if not results:

@@ -37,7 +37,7 @@ from napari_datus.io.masks import (
     write_index_mask,
     write_json_atomic,
 )
-from napari_datus.pipeline import Progress
+from napari_datus.pipeline import Progress, drive
 
 CHECKPOINT_DIR = "denoise_checkpoints"
 DENOISED_DIR = "denoised"
@@ -163,14 +163,7 @@ def denoise_run(out_dir: str | Path, config: DenoiseConfig,
                 progress: Callable[[TrainProgress | Progress], None] | None = None,
                 ) -> DenoiseResult:
     """De-noise a run folder to the end (see :func:`iter_denoise_run`), reporting progress."""
-    events = iter_denoise_run(out_dir, config)
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drive(iter_denoise_run(out_dir, config), progress)
 
 
 def _metrics_setup(run: RunInputs) -> tuple[Confusion | None, list[str]]:
