@@ -77,6 +77,15 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
         tmp_path.chmod(0o700)
 
 
+def test_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    # Unlike a read-only folder, this stops root too (CI runs as root).
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"")
+    with pytest.raises(DatusError, match="cannot write"):
+        write_index_mask(blocker / "masks" / "m.png", np.zeros((2, 2), dtype=np.uint8))
+    assert blocker.read_bytes() == b""
+
+
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def broken_save(self, fp, format=None, **kw):
         fp.write(b"half a png")

@@ -8,7 +8,10 @@ from napari.layers import Labels
 
 from napari_datus._widgets.layers import run_of
 from napari_datus._widgets.model import LAYER_SUFFIXES, to_layer_labels
+from napari_datus._widgets.pipeline_widget import LIVE_DELAY_MS
+from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.pseudolabel import upsample_nearest
+from napari_datus.io.masks import SUIM6_NAMES, SUIM8_TO_SUIM6
 
 from .conftest import errors, run_and_wait
 
@@ -186,3 +189,72 @@ def test_denoising_adds_a_fully_labelled_layer(qtbot, viewer, pipeline, metrics,
     assert shown["denoised"]["coverage"] == 1.0
     assert "de-noised masks: mIoU" in metrics.summary.text()
 
+
+
+def wait_for_clusters(qtbot, viewer, k: int) -> None:
+    """Wait until the pseudo-mask layer holds a finished run with K = ``k``."""
+    def done() -> bool:
+        run = run_of(viewer.layers["suim pseudo mask"])
+        return run.result.params.clusters == k
+    qtbot.waitUntil(done, timeout=60_000)
+
+
+def test_changing_k_reruns_live_from_the_cache(qtbot, viewer, sample, pipeline, tmp_path):
+    from napari_datus.cache import FeatureCache
+
+    pipeline._cache = FeatureCache(tmp_path)
+    model = pipeline._backbone_factory().model
+    forwards = []
+    handle = model.blocks[-1].register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        run_and_wait(qtbot, pipeline)
+        first = run_of(viewer.layers["suim pseudo mask"])
+        # Arrow clicks 3 -> 4 -> 5 in quick succession: one re-run, for the last value.
+        pipeline.clusters.setValue(4)
+        pipeline.clusters.setValue(5)
+        wait_for_clusters(qtbot, viewer, 5)
+        qtbot.waitUntil(lambda: pipeline._worker is None, timeout=60_000)
+    finally:
+        handle.remove()
+    assert len(forwards) == 5  # the re-run took every image's features from the cache
+    second = run_of(viewer.layers["suim pseudo mask"])
+    assert second is not first
+    assert viewer.layers["suim pseudo mask"].data.max() <= 5
+    assert not pipeline._live_timer.isActive() and not pipeline._live_pending
+
+
+def test_live_rerun_keeps_the_metrics_current(qtbot, viewer, sample, pipeline, metrics,
+                                              notifications):
+    run_and_wait(qtbot, pipeline)
+    metrics.compute()
+    pipeline.tau.setValue(4)
+    qtbot.waitUntil(lambda: run_of(viewer.layers["suim pseudo mask"]).result.params.tau == 4,
+                    timeout=60_000)
+
+    run = run_of(viewer.layers["suim pseudo mask"])
+    _image, gt = sample
+    confusion = Confusion(run.result.params.clusters, len(SUIM6_NAMES))
+    for i in range(gt.data.shape[0]):
+        confusion.add(run.result.pseudo_mask(i), SUIM8_TO_SUIM6[gt.data][i])
+    assert run.metrics["initial"] == evaluate(confusion, SUIM6_NAMES)
+    assert metrics.current_run() is run
+    assert f"{run.metrics['initial']['miou']:.1%}" in metrics.summary.text()
+    assert errors(notifications) == []
+
+
+@pytest.mark.parametrize("change", ["live off", "de-noising on", "resolution changed"])
+def test_no_live_rerun_when_it_would_not_be_cheap_or_is_off(qtbot, viewer, sample, pipeline,
+                                                            change):
+    run_and_wait(qtbot, pipeline)
+    first = run_of(viewer.layers["suim pseudo mask"])
+    if change == "live off":
+        pipeline.live.setChecked(False)
+    elif change == "de-noising on":
+        pipeline.denoise.setChecked(True)
+    else:
+        pipeline.resolution.setValue(56)
+    pipeline.clusters.setValue(2)
+    qtbot.wait(3 * LIVE_DELAY_MS)
+
+    assert pipeline._worker is None
+    assert run_of(viewer.layers["suim pseudo mask"]) is first

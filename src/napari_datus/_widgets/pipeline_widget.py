@@ -10,7 +10,7 @@ cancelled or failed run leaves none behind.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from napari.layers import Image, Layer
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -36,7 +37,14 @@ from qtpy.QtWidgets import (
 
 from napari_datus._widgets.export import export_run
 from napari_datus._widgets.layers import add_result_layers, run_of
-from napari_datus._widgets.model import ImageStack, WidgetRun, denoise, image_stack, layer_arrays
+from napari_datus._widgets.model import (
+    ImageStack,
+    WidgetRun,
+    compute_metrics,
+    denoise,
+    image_stack,
+    layer_arrays,
+)
 from napari_datus._widgets.qt import LayerCombo
 from napari_datus.cache import FeatureCache
 from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
@@ -47,6 +55,12 @@ from napari_datus.pipeline import Params, Progress, array_sources, run
 BackboneKey = tuple[str, str | None, str]
 Event = Progress | TrainProgress
 DEVICES = ("auto", "cpu", "cuda")
+# A spin box sends one change per arrow click or digit typed: wait this long after the
+# last one before a live re-run, so dragging from K=6 to K=9 costs one run, not three.
+LIVE_DELAY_MS = 300
+# Settings a live re-run may change: with the feature cache they cost k-means (and, for
+# tau, the segment split and new components' embeddings), never the ViT or Louvain.
+LIVE_SETTINGS = ("clusters", "tau")
 
 
 @dataclass
@@ -70,6 +84,11 @@ class PipelineWidget(QWidget):
         self._cache = FeatureCache()
         self._worker = None
         self._progress: progress | None = None
+        self._live_pending = False
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_rerun)
         self._build()
 
     # ---- layout -------------------------------------------------------------------------
@@ -95,6 +114,12 @@ class PipelineWidget(QWidget):
         self.seed = _spin(0, 2**31 - 1, defaults.seed, "seed of Louvain and k-means")
         self.denoise = QCheckBox("de-noise with DeepLabV3")
         self.epochs = _spin(1, 1000, DenoiseConfig().epochs, "de-noising training epochs")
+        self.live = QCheckBox("re-run when K or tau changes")
+        self.live.setChecked(True)
+        self.live.setToolTip("after a run, a new K or tau re-runs at once from the feature"
+                             " cache (k-means only, no ViT); off while de-noising is on")
+        for box in (self.clusters, self.tau):
+            box.valueChanged.connect(self._schedule_live_rerun)
 
         form = QFormLayout()
         form.addRow("image", self.image)
@@ -105,6 +130,7 @@ class PipelineWidget(QWidget):
         form.addRow("K", self.clusters)
         form.addRow("tau", self.tau)
         form.addRow("seed", self.seed)
+        form.addRow(self.live)
         form.addRow(self.denoise)
         form.addRow("epochs", self.epochs)
 
@@ -199,6 +225,28 @@ class PipelineWidget(QWidget):
         self.status.setText("starting…")
         worker.start()
 
+    def _schedule_live_rerun(self) -> None:
+        """Restart the debounce timer when K or tau changes and a live re-run is due."""
+        if self._live_rerun_due():
+            self._live_timer.start()
+
+    def _live_rerun_due(self) -> bool:
+        """True when the chosen image has a finished run that differs from the settings shown
+        only in K or tau (so the re-run is cheap), with live re-runs on and de-noising off."""
+        previous = self.current_run()
+        if not self.live.isChecked() or self.denoise.isChecked() or previous is None:
+            return False
+        old, new = previous.result.params, self.params()
+        others_kept = old == replace(new, **{name: getattr(old, name) for name in LIVE_SETTINGS})
+        return old != new and others_kept
+
+    def _live_rerun(self) -> None:
+        """Run now, or as soon as the run in progress has finished."""
+        if self._worker is not None:
+            self._live_pending = True
+        elif self._live_rerun_due():
+            self.run()
+
     def cancel(self) -> None:
         """Stop the run at the next image; layers of the unfinished run are never added."""
         if self._worker is not None:
@@ -255,6 +303,7 @@ class PipelineWidget(QWidget):
             show_error(out.message)
             return
         widget_run, arrays = out
+        self._carry_metrics(widget_run)
         add_result_layers(self.viewer, widget_run, arrays, image)
         counts = widget_run.result.segment_counts()
         self.status.setText(f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid"
@@ -262,6 +311,21 @@ class PipelineWidget(QWidget):
                             f" ({counts['valid_fraction']:.0%} valid)")
         for skipped in widget_run.result.skipped:
             show_warning(f"skipped {skipped.file}: {skipped.reason}")
+
+    def _carry_metrics(self, widget_run: WidgetRun) -> None:
+        """Score a re-run against the ground truth the run it replaces was scored with, so
+        the metrics panel follows a new K or tau without another click."""
+        name = widget_run.layer_name("pseudo mask")
+        previous = run_of(self.viewer.layers[name]) if name in self.viewer.layers else None
+        if previous is None or previous.gt is None or not previous.metrics:
+            return
+        try:
+            metrics = compute_metrics(widget_run, previous.gt, previous.class_names)
+        except DatusError as exc:
+            show_warning(f"metrics not carried over to the new run: {exc}")
+            return
+        widget_run.gt, widget_run.gt_format = previous.gt, previous.gt_format
+        widget_run.class_names, widget_run.metrics = previous.class_names, metrics
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled: no layers were added")
@@ -273,6 +337,9 @@ class PipelineWidget(QWidget):
         self._progress = None
         self._worker = None
         self._set_running(False)
+        if self._live_pending:
+            self._live_pending = False
+            self._live_timer.start()
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

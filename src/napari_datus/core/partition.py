@@ -70,20 +70,25 @@ def to_igraph(adj: np.ndarray) -> ig.Graph:
     """
     n = adj.shape[0]
     present = adj != 0
-    rows = cols = None
     if np.count_nonzero(present) <= EDGE_LIST_MAX_DENSITY * n * n:
         rows, cols = upper_edges(present)
         # Tuples, not the nested lists of .tolist(): thousands of new lists set off the
         # garbage collector, which made this step six times slower.
         graph = ig.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
+        weights = adj[rows, cols]
     else:
         # A Python pair per edge costs more than igraph's C scan of the whole matrix here.
         # "lower" reads the lower triangle column by column, i.e. the upper one row by row.
         graph = ig.Graph.Adjacency(present, mode="lower", loops="once")
-    if not np.all(adj[present] == 1):
-        if rows is None:
+        weights = None
+    # Dense graphs are checked on the whole (symmetric) matrix, sparse ones on their edges
+    # only: a boolean-mask copy of a 1024 x 1024 matrix costs as much as building the graph.
+    binary = (np.array_equal(adj, present) if weights is None else bool(np.all(weights == 1)))
+    if not binary:
+        if weights is None:
             rows, cols = upper_edges(present)
-        graph.es["weight"] = adj[rows, cols].astype(float).tolist()
+            weights = adj[rows, cols]
+        graph.es["weight"] = weights.astype(float).tolist()
     return graph
 
 
