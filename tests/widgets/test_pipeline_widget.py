@@ -70,20 +70,24 @@ def test_rerun_replaces_layers(qtbot, viewer, sample, pipeline):
     assert len(pipeline._backbones) == 1
 
 
-def test_rerun_with_another_k_skips_the_vit(qtbot, viewer, sample, pipeline, tmp_path):
+@pytest.fixture
+def forwards(pipeline, tmp_path):
+    """A private feature cache for the widget, and a list that grows by one per ViT forward."""
     from napari_datus.cache import FeatureCache
 
     pipeline._cache = FeatureCache(tmp_path)
     model = pipeline._backbone_factory().model
-    forwards = []
-    handle = model.blocks[-1].register_forward_hook(lambda *_: forwards.append(1))
-    try:
-        run_and_wait(qtbot, pipeline)
-        first = len(forwards)
-        pipeline.clusters.setValue(2)
-        run_and_wait(qtbot, pipeline)
-    finally:
-        handle.remove()
+    calls: list[int] = []
+    handle = model.blocks[-1].register_forward_hook(lambda *_: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def test_rerun_with_another_k_skips_the_vit(qtbot, viewer, sample, pipeline, forwards):
+    run_and_wait(qtbot, pipeline)
+    first = len(forwards)
+    pipeline.clusters.setValue(2)
+    run_and_wait(qtbot, pipeline)
     assert first == 5  # one forward per sample image
     assert len(forwards) == first
     assert run_of(viewer.layers["suim pseudo mask"]).result.params.clusters == 2
@@ -199,23 +203,19 @@ def wait_for_clusters(qtbot, viewer, k: int) -> None:
     qtbot.waitUntil(done, timeout=60_000)
 
 
-def test_changing_k_reruns_live_from_the_cache(qtbot, viewer, sample, pipeline, tmp_path):
-    from napari_datus.cache import FeatureCache
+def test_changing_k_reruns_live_from_the_cache(qtbot, viewer, sample, pipeline, forwards):
+    run_and_wait(qtbot, pipeline)
+    first = run_of(viewer.layers["suim pseudo mask"])
+    added: list[str] = []
+    viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    # Arrow clicks 3 -> 4 -> 5 in quick succession: one re-run, for the last value.
+    pipeline.clusters.setValue(4)
+    pipeline.clusters.setValue(5)
+    wait_for_clusters(qtbot, viewer, 5)
+    qtbot.waitUntil(lambda: pipeline._worker is None, timeout=60_000)
+    qtbot.wait(3 * LIVE_DELAY_MS)
 
-    pipeline._cache = FeatureCache(tmp_path)
-    model = pipeline._backbone_factory().model
-    forwards = []
-    handle = model.blocks[-1].register_forward_hook(lambda *_: forwards.append(1))
-    try:
-        run_and_wait(qtbot, pipeline)
-        first = run_of(viewer.layers["suim pseudo mask"])
-        # Arrow clicks 3 -> 4 -> 5 in quick succession: one re-run, for the last value.
-        pipeline.clusters.setValue(4)
-        pipeline.clusters.setValue(5)
-        wait_for_clusters(qtbot, viewer, 5)
-        qtbot.waitUntil(lambda: pipeline._worker is None, timeout=60_000)
-    finally:
-        handle.remove()
+    assert added.count("suim pseudo mask") == 1
     assert len(forwards) == 5  # the re-run took every image's features from the cache
     second = run_of(viewer.layers["suim pseudo mask"])
     assert second is not first
