@@ -122,6 +122,31 @@ def test_segment_qa_and_reassign(qtbot, viewer, sample, pipeline, metrics, notif
     assert errors(notifications) == []
 
 
+def test_a_rerun_clears_the_inspected_segment(qtbot, viewer, sample, pipeline, metrics):
+    run, _shown = scored(qtbot, viewer, pipeline, metrics)
+    segments = viewer.layers["suim segments"]
+    metrics.inspect(run, (0, *np.argwhere(segments.data[0] > 0)[0]))
+    assert metrics.reassign_button.isEnabled()
+    pipeline.live.setChecked(False)
+    pipeline.clusters.setValue(2)
+    run_and_wait(qtbot, pipeline)
+
+    # A Reassign now would write the old run's mask over the new one.
+    assert metrics._selected is None and not metrics.reassign_button.isEnabled()
+    assert "click a segment again" in metrics.segment_info.text()
+    new_run = run_of(viewer.layers["suim pseudo mask"])
+    assert metrics.current_run() is new_run and new_run is not run
+
+
+def test_metrics_opened_after_a_run_show_it(qtbot, viewer, sample, pipeline):
+    from napari_datus._widgets import MetricsWidget
+
+    run_and_wait(qtbot, pipeline)
+    late = MetricsWidget(viewer)
+    assert late.current_run() is run_of(viewer.layers["suim pseudo mask"])
+    assert "No metrics yet" in late.summary.text()
+
+
 def test_noise_segment_cannot_be_reassigned(qtbot, viewer, sample, pipeline, metrics):
     run, _shown = scored(qtbot, viewer, pipeline, metrics)
     noise = viewer.layers["suim noise"]

@@ -205,9 +205,11 @@ def wait_for_clusters(qtbot, viewer, k: int) -> None:
 
 def test_changing_k_reruns_live_from_the_cache(qtbot, viewer, sample, pipeline, forwards):
     run_and_wait(qtbot, pipeline)
-    first = run_of(viewer.layers["suim pseudo mask"])
-    added: list[str] = []
-    viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    layer = viewer.layers["suim pseudo mask"]
+    first = run_of(layer)
+    viewer.layers["suim segments"].visible = True  # a display choice the re-run must keep
+    updates: list[int] = []
+    layer.events.data.connect(lambda _event: updates.append(1))
     # Arrow clicks 3 -> 4 -> 5 in quick succession: one re-run, for the last value.
     pipeline.clusters.setValue(4)
     pipeline.clusters.setValue(5)
@@ -215,10 +217,14 @@ def test_changing_k_reruns_live_from_the_cache(qtbot, viewer, sample, pipeline, 
     qtbot.waitUntil(lambda: pipeline._worker is None, timeout=60_000)
     qtbot.wait(3 * LIVE_DELAY_MS)
 
-    assert added.count("suim pseudo mask") == 1
+    assert len(updates) == 1
     assert len(forwards) == 5  # the re-run took every image's features from the cache
-    second = run_of(viewer.layers["suim pseudo mask"])
+    # The layers were updated in place, not removed and added again.
+    assert viewer.layers["suim pseudo mask"] is layer
+    assert viewer.layers["suim segments"].visible
+    second = run_of(layer)
     assert second is not first
+    np.testing.assert_array_equal(layer.data[2], to_layer_labels(second.result.pseudo_mask(2)))
     assert viewer.layers["suim pseudo mask"].data.max() <= 5
     assert not pipeline._live_timer.isActive() and not pipeline._live_pending
 

@@ -54,7 +54,10 @@ class MetricsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._selected: tuple[WidgetRun, SegmentInfo] | None = None
+        self._watched: Layer | None = None
         self._build()
+        self._on_run_changed()  # opened after a run: show it at once
+        on_destroyed(self, partial(self._watch, None))
         callbacks = self.viewer.mouse_drag_callbacks
         callbacks.append(self._on_click)
         on_destroyed(self, partial(_remove, callbacks, self._on_click))
@@ -63,7 +66,7 @@ class MetricsWidget(QWidget):
 
     def _build(self) -> None:
         self.run_layer = LayerCombo(self.viewer, _is_pseudo_mask)
-        self.run_layer.currentTextChanged.connect(lambda _name: self._show(self.current_run()))
+        self.run_layer.currentTextChanged.connect(lambda _name: self._on_run_changed())
         self.gt_layer = LayerCombo(self.viewer, _is_ground_truth,
                                    prefer=lambda layer: isinstance(layer, Labels))
         self.gt_format = QComboBox()
@@ -120,6 +123,27 @@ class MetricsWidget(QWidget):
         suim = layer is not None and (layer.metadata.get("gt_format") == "suim8"
                                       or (isinstance(layer, Image) and layer.rgb))
         self.gt_format.setCurrentText("suim6" if suim else "index")
+
+    def _on_run_changed(self, _event=None) -> None:
+        """Another pseudo-mask layer was chosen, or the chosen one got a new run's data."""
+        self._watch(self.run_layer.layer())
+        run = self.current_run()
+        if self._selected is not None and self._selected[0] is not run:
+            self._selected = None
+            self.reassign_button.setEnabled(False)
+            self.segment_info.setText("The run changed: click a segment again.")
+            self.crop.clear()
+        self._show(run)
+
+    def _watch(self, layer: Layer | None) -> None:
+        """Follow ``layer``'s data events (a re-run updates its layers in place)."""
+        if layer is self._watched:
+            return
+        if self._watched is not None:
+            self._watched.events.data.disconnect(self._on_run_changed)
+        self._watched = layer
+        if layer is not None:
+            layer.events.data.connect(self._on_run_changed)
 
     # ---- metrics ------------------------------------------------------------------------
 
@@ -221,7 +245,7 @@ class MetricsWidget(QWidget):
             show_error(str(exc))
             return
         name = run.layer_name("pseudo mask")
-        if name in self.viewer.layers:
+        if name in self.viewer.layers and run_of(self.viewer.layers[name]) is run:
             layer = self.viewer.layers[name]
             layer.data[info.index if run.stack.is_stack else ...] = mask
             layer.refresh()
