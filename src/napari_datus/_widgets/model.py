@@ -286,6 +286,19 @@ def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str]) -> dict[st
     return metrics
 
 
+def carry_metrics(run: WidgetRun, scored: WidgetRun) -> None:
+    """Score ``run`` against the ground truth an earlier run of the same stack was scored
+    with, so a re-run (a new K or tau) keeps its metrics without another click.
+
+    Nothing is carried when ``scored`` has no metrics or its ground truth does not have
+    ``run``'s stack shape (the image layer's data changed since).
+    """
+    if scored.gt is None or not scored.metrics or scored.gt.shape != run.stack.shape:
+        return
+    run.metrics = compute_metrics(run, scored.gt, scored.class_names)
+    run.gt, run.gt_format, run.class_names = scored.gt, scored.gt_format, scored.class_names
+
+
 def cluster_colormap(run: WidgetRun, key: str = "initial") -> tuple[dict, dict]:
     """Colours and names of a cluster layer's labels ``c + 1`` (pseudo mask or de-noised).
 

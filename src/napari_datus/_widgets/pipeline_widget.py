@@ -40,7 +40,7 @@ from napari_datus._widgets.layers import add_result_layers, run_of
 from napari_datus._widgets.model import (
     ImageStack,
     WidgetRun,
-    compute_metrics,
+    carry_metrics,
     denoise,
     image_stack,
     layer_arrays,
@@ -214,7 +214,10 @@ class PipelineWidget(QWidget):
         except DatusError as exc:
             show_error(str(exc))
             return
-        worker = thread_worker(self._work, start_thread=False)(layer.name, stack, params, config)
+        # The run this one replaces, read here because layers belong to the main thread.
+        scored = self.current_run()
+        worker = thread_worker(self._work, start_thread=False)(layer.name, stack, params, config,
+                                                               scored)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(partial(self._on_returned, layer))
         worker.aborted.connect(self._on_aborted)
@@ -254,9 +257,10 @@ class PipelineWidget(QWidget):
             self.status.setText("cancelling after the current image…")
 
     def _work(self, name: str, stack: ImageStack, params: Params,
-              config: DenoiseConfig | None,
+              config: DenoiseConfig | None, scored: WidgetRun | None = None,
               ) -> Generator[Event, None, tuple[WidgetRun, dict] | RunFailed]:
-        """Worker thread: every stage, then the layer arrays (no Qt here).
+        """Worker thread: every stage, the metrics against the ground truth ``scored`` (the
+        run being replaced) was scored with, then the layer arrays (no Qt here).
 
         Returns ``(WidgetRun, arrays)``, or RunFailed for a user-fixable problem (a raised
         error, or even a returned exception object, would reach napari as a traceback).
@@ -269,6 +273,8 @@ class PipelineWidget(QWidget):
                                    backbone.input_size)
             if config is not None:
                 widget_run.denoised = yield from denoise(widget_run, config)
+            if scored is not None:
+                carry_metrics(widget_run, scored)
             yield Progress("building layers", 0, 1)
             return widget_run, layer_arrays(widget_run)
         except DatusError as exc:
@@ -303,7 +309,6 @@ class PipelineWidget(QWidget):
             show_error(out.message)
             return
         widget_run, arrays = out
-        self._carry_metrics(widget_run)
         add_result_layers(self.viewer, widget_run, arrays, image)
         counts = widget_run.result.segment_counts()
         self.status.setText(f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid"
@@ -311,21 +316,6 @@ class PipelineWidget(QWidget):
                             f" ({counts['valid_fraction']:.0%} valid)")
         for skipped in widget_run.result.skipped:
             show_warning(f"skipped {skipped.file}: {skipped.reason}")
-
-    def _carry_metrics(self, widget_run: WidgetRun) -> None:
-        """Score a re-run against the ground truth the run it replaces was scored with, so
-        the metrics panel follows a new K or tau without another click."""
-        name = widget_run.layer_name("pseudo mask")
-        previous = run_of(self.viewer.layers[name]) if name in self.viewer.layers else None
-        if previous is None or previous.gt is None or not previous.metrics:
-            return
-        try:
-            metrics = compute_metrics(widget_run, previous.gt, previous.class_names)
-        except DatusError as exc:
-            show_warning(f"metrics not carried over to the new run: {exc}")
-            return
-        widget_run.gt, widget_run.gt_format = previous.gt, previous.gt_format
-        widget_run.class_names, widget_run.metrics = previous.class_names, metrics
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled: no layers were added")

@@ -75,19 +75,16 @@ def to_igraph(adj: np.ndarray) -> ig.Graph:
         # Tuples, not the nested lists of .tolist(): thousands of new lists set off the
         # garbage collector, which made this step six times slower.
         graph = ig.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
+        # Read the weights off the edge list, not off a boolean-mask copy of the matrix.
         weights = adj[rows, cols]
+        if np.all(weights == 1):
+            weights = None
     else:
         # A Python pair per edge costs more than igraph's C scan of the whole matrix here.
         # "lower" reads the lower triangle column by column, i.e. the upper one row by row.
         graph = ig.Graph.Adjacency(present, mode="lower", loops="once")
-        weights = None
-    # Dense graphs are checked on the whole (symmetric) matrix, sparse ones on their edges
-    # only: a boolean-mask copy of a 1024 x 1024 matrix costs as much as building the graph.
-    binary = (np.array_equal(adj, present) if weights is None else bool(np.all(weights == 1)))
-    if not binary:
-        if weights is None:
-            rows, cols = upper_edges(present)
-            weights = adj[rows, cols]
+        weights = None if np.array_equal(adj, present) else adj[upper_edges(present)]
+    if weights is not None:
         graph.es["weight"] = weights.astype(float).tolist()
     return graph
 
