@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SUIM_IMAGES = SHARED / "data" / "suim_test" / "images"
 SUIM_MASKS = SHARED / "data" / "suim_test" / "masks"
-WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus.pth"
+SHARED_WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus.pth"
+# Tests with real weights honour DATUS_WEIGHTS, as the command and the widget do.
+WEIGHTS = Path(os.environ.get("DATUS_WEIGHTS") or SHARED_WEIGHTS)
 TINY_KWARGS = dict(patch_size=8, embed_dim=24, depth=2, num_heads=2, img_size=32,
                    dynamic_img_size=True, num_classes=0)
 

