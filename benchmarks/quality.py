@@ -38,9 +38,10 @@ from napari_datus.core.features import PatchFeatures, extract_features, resize_i
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.pseudolabel import upsample_nearest
 from napari_datus.core.whitening import normalise_embeddings
+from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.dataset import list_images, match_ground_truth
 from napari_datus.io.images import read_image
-from napari_datus.io.masks import class_names, read_ground_truth
+from napari_datus.io.masks import class_names
 from napari_datus.pipeline import (
     ImageResult,
     Params,
@@ -52,8 +53,7 @@ from napari_datus.pipeline import (
 
 FEATURE_FIELDS = ("keys", "key_bias", "tokens", "queries", "values")
 # Settings that act after stage 5: rows differing only in these reuse each image's segments.
-CLUSTERING_ONLY = frozenset({"clusters", "n_init", "embedding_norm", "size_weighted",
-                             "fill_noise", "batch_size", "device"})
+CLUSTERING_ONLY = frozenset(Params.fields_of("clustering", "runtime"))
 METRICS = ("miou", "pixel_accuracy", "mean_f1")
 NAMES = class_names("suim6")
 N_CLASSES = len(NAMES)
@@ -125,13 +125,15 @@ class Dataset:
         return statistics.mean(self.forward_seconds[resolution])
 
 
-def confusion_of(masks: list[np.ndarray], gts: list[np.ndarray], k: int,
-                 c: int = N_CLASSES) -> Confusion:
-    """Dataset confusion of (H, W) uint8 masks (255 = unlabelled) against ground truth."""
-    conf = Confusion(k, c)
-    for mask, gt in zip(masks, gts):
-        conf.add(mask, gt)
-    return conf
+def confusion_of(masks: list[np.ndarray], gts: list[np.ndarray], k: int) -> Confusion:
+    """Dataset confusion of (H, W) uint8 masks (255 = unlabelled) against ground truth
+    decoded by :mod:`napari_datus.evaluation` (the scorer ``datus run`` uses)."""
+    scorer = Scorer(k, classes=NAMES)
+    for index, (mask, gt) in enumerate(zip(masks, gts)):
+        reason = scorer.add(str(index), mask, gt)
+        if reason is not None:
+            raise SystemExit(f"quality benchmark: {reason}")
+    return scorer.confusion
 
 
 def summarise(metrics: dict) -> dict:
@@ -193,7 +195,7 @@ def run_token_kmeans(data: Dataset, params: Params) -> dict:
 
 def run_majority(data: Dataset) -> dict:
     """Every pixel predicted as the most frequent ground-truth class."""
-    counts = sum(np.bincount(gt.ravel(), minlength=N_CLASSES) for gt in data.gts)
+    counts = sum(np.bincount(gt[gt >= 0], minlength=N_CLASSES) for gt in data.gts)
     masks = [np.zeros(gt.shape, dtype=np.uint8) for gt in data.gts]  # one cluster, id 0
     metrics = evaluate(confusion_of(masks, data.gts, 1), NAMES)
     assert metrics["mapping"]["0"] == int(np.argmax(counts))
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     files = list_images(args.images)
     gt_files = match_ground_truth(files, args.gt)
     files = [f for f in files if f.stem in gt_files][: args.limit]
-    gts = [read_ground_truth(gt_files[f.stem], args.gt_format) for f in files]
+    spec = GroundTruthFormat(args.gt_format)
+    gts = [spec.read(gt_files[f.stem]) for f in files]
     base = Params(model=args.model, weights=args.weights, device="cpu")
     weights_key = str(Path(args.weights).resolve()) if args.weights else "hub"
     data = Dataset(files, gts, lambda: load_backbone(args.model, args.weights, "cpu"),

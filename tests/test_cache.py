@@ -1,5 +1,8 @@
 """The feature cache: hits skip the ViT and Louvain, keys cover the settings, bad entries heal."""
 
+import os
+import signal
+import stat
 from dataclasses import replace
 
 import numpy as np
@@ -8,8 +11,9 @@ from PIL import Image
 
 from napari_datus import cache as cache_module
 from napari_datus import pipeline
-from napari_datus.cache import CacheWarning, FeatureCache, file_sources
+from napari_datus.cache import CacheWarning, ComponentEmbeddings, FeatureCache, file_sources
 from napari_datus.core.backbone import Backbone
+from napari_datus.core.features import PatchFeatures
 from napari_datus.pipeline import array_sources, drive, run
 from tests.conftest import make_tiny_vit
 from tests.test_pipeline import blocky_images, tiny_params
@@ -167,3 +171,128 @@ def test_disabled_cache_writes_nothing(tiny_backbone, images, tmp_path):
 def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DATUS_CACHE_DIR", str(tmp_path / "env-cache"))
     assert FeatureCache().root == tmp_path / "env-cache"
+
+
+def entry_kind(path):
+    """``features``, ``partition`` or ``embeddings`` for an entry path."""
+    return path.parent.parent.name
+
+
+@pytest.fixture
+def fail_if_blocked():
+    """Turn a read that blocks (e.g. on a FIFO) into a failure instead of a hung run."""
+    def blocked(*_):
+        pytest.fail("a cache read blocked")  # not an OSError, which the cache would swallow
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_entries_are_misses_and_replaced(tiny_backbone, images, tmp_path, vit,
+                                              fail_if_blocked):
+    cache = FeatureCache(tmp_path)
+    first = segment(images, tiny_backbone, tiny_params(), cache)
+    entries = list(tmp_path.rglob("*.npz"))
+    for path in entries:
+        path.unlink()
+        os.mkfifo(path)
+    assert_same(first, segment(images, tiny_backbone, tiny_params(), cache))
+    assert cache.enabled and all(stat.S_ISREG(path.stat().st_mode) for path in entries)
+    segment(images, tiny_backbone, tiny_params(), cache)
+    assert vit.images == 2 * len(images)  # the rewritten entries hit
+
+
+def test_folders_in_place_of_entries(tiny_backbone, images, tmp_path, vit):
+    cache = FeatureCache(tmp_path)
+    first = segment(images, tiny_backbone, tiny_params(), cache)
+    features = sorted(p for p in tmp_path.rglob("*.npz") if entry_kind(p) == "features")
+    for path in tmp_path.rglob("*.npz"):
+        path.unlink()  # partitions and embeddings go too, so that the features are read
+    for path in features:
+        path.mkdir()
+    (features[0] / "user-file").write_text("")  # a folder that is not empty stays
+    with pytest.warns(CacheWarning, match="cannot be replaced"):
+        healed = segment(images, tiny_backbone, tiny_params(), cache)
+    assert_same(first, healed)
+    assert cache.enabled and (features[0] / "user-file").exists()
+    assert all(path.is_file() for path in features[1:])
+
+
+def test_entries_get_the_umask_mode_and_leave_no_temporary_files(tmp_path):
+    cache = FeatureCache(tmp_path)
+    previous = os.umask(0o027)
+    try:
+        cache.put_partition("ab" * 16, np.zeros((4, 4), dtype=np.int32), (32, 32))
+    finally:
+        os.umask(previous)
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert entry.name == "ab" * 16 + ".npz"
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o640
+    assert cache.partition("ab" * 16) is not None
+
+
+def tiny_features(grid=4, dim=24, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return PatchFeatures(keys=rng.random((grid * grid, dim)).astype(dtype),
+                         key_bias=np.zeros(dim, dtype=dtype),
+                         tokens=rng.random((grid * grid, dim)).astype(dtype), grid=grid)
+
+
+def test_features_of_another_geometry_are_misses(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put_features("a" * 32, tiny_features(dim=32))
+    cache.put_features("b" * 32, tiny_features(grid=5))
+    cache.put_features("c" * 32, tiny_features(dtype=np.float64))
+    assert cache.features("a" * 32, grid=4, dim=32) is not None
+    assert cache.features("a" * 32, grid=4, dim=24) is None
+    assert cache.features("b" * 32, grid=4, dim=24) is None
+    assert cache.features("c" * 32) is None
+
+
+def test_features_whose_arrays_disagree_are_misses(tmp_path):
+    cache = FeatureCache(tmp_path)
+    odd = replace(tiny_features(), tokens=np.zeros((16, 32), dtype=np.float32))
+    cache.put_features("a" * 32, odd)
+    cache.put_features("b" * 32, replace(tiny_features(), queries=np.zeros((9, 24), np.float32)))
+    assert cache.features("a" * 32) is None and cache.features("b" * 32) is None
+
+
+def test_partitions_of_another_grid_are_misses(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put_partition("a" * 32, np.zeros((5, 5), dtype=np.int32), (32, 32))
+    cache.put_partition("b" * 32, np.zeros((4, 5), dtype=np.int32), (32, 32))
+    cache.put_partition("c" * 32, np.zeros((4, 4), dtype=np.float32), (32, 32))
+    assert cache.partition("a" * 32, grid=5) is not None
+    assert cache.partition("a" * 32, grid=4) is None
+    assert cache.partition("b" * 32) is None and cache.partition("c" * 32) is None
+
+
+def test_embeddings_of_another_width_or_count_are_misses(tmp_path):
+    cache = FeatureCache(tmp_path)
+    ids = np.arange(1, 4, dtype=np.int32)
+    cases = {"a": np.zeros((3, 32), np.float32), "b": np.zeros((2, 24), np.float32),
+             "c": np.zeros((3, 24), np.float64), "d": np.zeros(3, np.float32)}
+    for name, vectors in cases.items():
+        cache.put_embeddings(name * 32, ComponentEmbeddings(ids, vectors))
+    assert cache.embeddings("a" * 32, dim=32).ids.size == 3
+    assert all(cache.embeddings(name * 32, dim=24).vectors is None for name in cases)
+
+
+def test_entries_of_another_width_are_recomputed(tiny_backbone, images, tmp_path, vit):
+    cache = FeatureCache(tmp_path)
+    first = segment(images, tiny_backbone, tiny_params(), cache)
+    for path in tmp_path.rglob("*.npz"):
+        if entry_kind(path) == "embeddings":
+            path.unlink()  # the embeddings are made again, from the features
+        elif entry_kind(path) == "features":
+            with np.load(path) as npz:
+                arrays = dict(npz)
+            arrays["tokens"] = np.zeros((arrays["tokens"].shape[0], 32), np.float32)
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+    assert_same(first, segment(images, tiny_backbone, tiny_params(), cache))
+    assert vit.images == 2 * len(images)

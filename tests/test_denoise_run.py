@@ -110,7 +110,7 @@ def test_all_masks_dominated_is_a_clear_error(run_folder):
 
 
 def test_folder_without_run_json_is_refused(tmp_path):
-    with pytest.raises(DatusError, match="not a datus run folder"):
+    with pytest.raises(DatusError, match="not a complete datus run folder"):
         denoise_run(tmp_path, config())
 
 
@@ -139,4 +139,62 @@ def test_datus_denoise_command(run_folder, capsys):
     assert len(list((run_folder / "denoised").glob("*.png"))) == 8
     assert "epoch 1/1 loss" in capsys.readouterr().err
     assert main(["denoise", str(run_folder / "missing")]) == 1
-    assert "not a datus run folder" in capsys.readouterr().err
+    assert "not a complete datus run folder" in capsys.readouterr().err
+
+
+def denoised(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "denoised").iterdir())}
+
+
+def test_masks_changed_by_a_rerun_train_afresh_like_a_new_folder(tmp_path):
+    """The checkpoint key covers the masks: after a re-run (other seed, other masks) into the
+    same folder, de-noising equals de-noising a fresh folder with the new masks."""
+    torch.set_num_threads(1)
+    reused = make_run_folder(tmp_path / "a")
+    denoise_run(reused, config())
+    fresh = make_run_folder(tmp_path / "b")
+    for folder in (reused, fresh):  # the re-run's masks: another k-means labelling
+        for path in (folder / "pseudo_masks").iterdir():
+            mask = np.asarray(Image.open(path)).copy()
+            mask[mask != 255] = 1 - mask[mask != 255]
+            mask[:, :8] = 255
+            write_index_mask(path, mask)
+    events = []
+    denoise_run(reused, config(), events.append)
+    assert any(isinstance(e, TrainProgress) for e in events)  # no stale checkpoint reused
+    denoise_run(fresh, config())
+    first, second = denoised(reused), denoised(fresh)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+@pytest.mark.parametrize("name", ["run.json", "metrics.json"])
+def test_corrupt_json_is_one_clear_error(run_folder, name):
+    (run_folder / name).write_text("{ not json")
+    with pytest.raises(DatusError, match=f"cannot read .*{name}"):
+        denoise_run(run_folder, config())
+    assert not (run_folder / "denoised").exists()
+
+
+def test_metrics_of_another_run_are_refused(run_folder):
+    run = json.loads((run_folder / "run.json").read_text())
+    (run_folder / "run.json").write_text(json.dumps({**run, "run_id": "new"}))
+    with pytest.raises(DatusError, match="belongs to another run"):
+        denoise_run(run_folder, config())
+
+
+def test_unreadable_ground_truth_does_not_abort_after_training(run_folder):
+    (run_folder.parent / "data" / "gt" / "img3.png").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="img3"):
+        result = denoise_run(run_folder, config())
+    assert len(result.written) == 8 and len(denoised(run_folder)) == 8
+    assert result.metrics is not None  # the other seven images are scored
+
+
+def test_training_leaves_torch_global_rng_alone(run_folder):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    denoise_run(run_folder, config(epochs=1))
+    assert torch.equal(torch.rand(3), expected)

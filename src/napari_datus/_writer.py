@@ -6,8 +6,6 @@ pipeline widget's Export for files in the ``datus run`` conventions.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,11 @@ import numpy as np
 import tifffile
 
 from napari_datus.core.errors import DatusError
+from napari_datus.io.atomic import atomic_path
 from napari_datus.io.masks import write_index_mask
+
+MAX_ID = int(np.iinfo(np.uint32).max)
+MAX_PNG_ID = int(np.iinfo(np.uint16).max)
 
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
@@ -23,35 +25,73 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
 
     Parameters
     ----------
-    path : target ``.png`` (2D masks only) or ``.tif``/``.tiff`` (any shape)
-    data : (H, W) or (N, H, W) non-negative integer labels
+    path : target ``.png`` (2D masks, ids <= 65535) or ``.tif``/``.tiff`` (any shape)
+    data : (H, W) or (N, H, W) non-negative whole-number labels, ids <= 4294967295
     attributes : napari layer attributes (unused: the file holds ids only)
 
     Returns
     -------
     The paths written.
+
+    Raises
+    ------
+    DatusError
+        If the folder is missing or the values are not ids the chosen file can hold.
     """
-    labels = np.asarray(data)
     target = Path(path)
-    if labels.min(initial=0) < 0:
-        raise DatusError(f"{target.name}: labels are negative; index masks hold ids >= 0")
+    if not target.parent.is_dir():
+        raise DatusError(f"cannot write {target.name}: folder {target.parent} does not exist")
+    ids = _as_ids(np.asarray(data), target.name)
     if target.suffix.lower() == ".png":
-        if labels.ndim != 2:
-            raise DatusError(f"{target.name}: PNG holds one 2D mask but the layer has shape"
-                             f" {labels.shape}; save stacks as .tif")
-        return [str(write_index_mask(target, labels))]
-    return [str(_write_tiff(target, labels))]
+        return [str(_write_png(target, ids))]
+    return [str(_write_tiff(target, ids))]
 
 
-def _write_tiff(path: Path, labels: np.ndarray) -> Path:
-    """Atomic TIFF write: a temporary file in the same folder renamed over ``path``."""
-    dtype = np.min_scalar_type(int(labels.max(initial=0)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif.tmp", dir=path.parent)
-    os.close(fd)
+def _as_ids(labels: np.ndarray, name: str) -> np.ndarray:
+    """Check that labels are ids a mask file holds, without changing any value.
+
+    Returns
+    -------
+    Same shape, the smallest unsigned integer dtype holding the largest id.
+    """
+    if labels.size == 0:
+        raise DatusError(f"{name}: the layer is empty (shape {labels.shape}); nothing to write")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise DatusError(f"{name}: labels hold NaN or infinite values; index masks hold ids")
+        fractional = labels[labels % 1 != 0]
+        if fractional.size:
+            raise DatusError(f"{name}: labels hold non-integer values such as {fractional[0]};"
+                             " index masks hold whole-number ids")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise DatusError(f"{name}: labels of dtype {labels.dtype} are not ids")
+    if labels.min() < 0:
+        raise DatusError(f"{name}: labels are negative; index masks hold ids >= 0")
+    top = labels.max()
+    if top > MAX_ID:
+        raise DatusError(f"{name}: label {int(top)} is above {MAX_ID}, the largest id"
+                         " a mask file holds (uint32)")
+    return labels.astype(np.min_scalar_type(int(top)))
+
+
+def _write_png(path: Path, ids: np.ndarray) -> Path:
+    if ids.ndim != 2:
+        raise DatusError(f"{path.name}: PNG holds one 2D mask but the layer has shape"
+                         f" {ids.shape}; save stacks as .tif")
+    top = int(ids.max())
+    # write_index_mask would silently switch the file to .tif; the user asked for .png.
+    if top > MAX_PNG_ID:
+        raise DatusError(f"{path.name}: label {top} is above {MAX_PNG_ID}, the largest id"
+                         " a PNG holds (16-bit); save as .tif instead")
+    return write_index_mask(path, ids)
+
+
+def _write_tiff(path: Path, ids: np.ndarray) -> Path:
     try:
-        tifffile.imwrite(tmp, labels.astype(dtype))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, ids)
+    except OSError as exc:
+        raise DatusError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path

@@ -8,30 +8,33 @@ user cache folder)::
     embeddings/   embeddings of connected components, by component id (stage 5)
 
 Keys (:class:`StageKeys`) chain: the features key hashes the image content, the backbone's
-weights and geometry, the resolution and the package version; the partition key adds every
-per-image setting except tau and the embedding; the embeddings key adds the embedding. A
-setting added to :class:`~napari_datus.pipeline.Params` later is therefore in the partition
-key unless listed in :data:`NOT_IN_PARTITION_KEY`: a new setting costs a cache miss, never a
-stale hit. Segments are not stored: splitting a cached partition for a given tau takes about
-a millisecond, less than reading a file. Components are numbered independently of tau, so a
-new tau embeds only the components no earlier tau made valid.
+weights and geometry, the package version and the ``features`` settings; the partition key
+adds the ``graph`` settings; the embeddings key adds the ``embedding`` settings. Each
+:class:`~napari_datus.params.Params` field names its stage, so a new setting lands in the
+right key by its declaration. Segments are not stored: splitting a cached partition for a
+given tau takes about a millisecond, less than reading a file. Components are numbered
+independently of tau, so a new tau embeds only the components no earlier tau made valid.
 
-Writes are atomic (temporary file, then ``os.replace``), so concurrent dask workers may
-share one folder; an unreadable entry counts as a miss and is rewritten. A folder that
-cannot be written is reported once with a :class:`CacheWarning` and the run goes on uncached.
+Writes are atomic (:func:`~napari_datus.io.atomic.atomic_path`), so concurrent dask workers
+may share one folder. An entry that is unreadable, not a regular file (a FIFO would block the
+read forever) or holds arrays of another shape or dtype than the caller expects counts as a
+miss and is rewritten. A folder that cannot be written is reported once with a
+:class:`CacheWarning` and the run goes on uncached; so is an entry that cannot be replaced
+(a non-empty folder in its place), which alone goes uncached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import warnings
 import weakref
 import zipfile
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import platformdirs
@@ -40,24 +43,17 @@ import torch
 from napari_datus import __version__
 from napari_datus.core.backbone import Backbone
 from napari_datus.core.features import PatchFeatures
+from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_image
 
 if TYPE_CHECKING:
-    from napari_datus.pipeline import Params
+    from napari_datus.params import Params
 
 CACHE_ENV = "DATUS_CACHE_DIR"
 # Bump when a stage's output changes for the same inputs, to orphan old entries.
 CACHE_FORMAT = 1
-# Params fields that cannot change a partition: dataset-level k-means settings, settings
-# of later per-image stages (they go in the embeddings key or are recomputed), and what
-# the backbone fingerprint and features key already hold.
-NOT_IN_PARTITION_KEY = frozenset({
-    "clusters", "n_init", "embedding_norm", "size_weighted", "fill_noise",
-    "tau", "embedding", "batch_size", "model", "weights", "device", "resolution",
-})
 # Reading an entry that is truncated, not an npz or missing arrays raises one of these.
 _BAD_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
-_EMPTY = np.zeros(0)
 _FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
@@ -139,10 +135,9 @@ def stage_keys(content: str, backbone: Backbone, params: Params) -> StageKeys:
         :func:`image_key` or :func:`file_key` of the image.
     """
     features = digest(CACHE_FORMAT, __version__, content, backbone_fingerprint(backbone),
-                      params.resolution)
-    settings = sorted((k, v) for k, v in asdict(params).items() if k not in NOT_IN_PARTITION_KEY)
-    partition = digest(features, settings)
-    return StageKeys(features, partition, digest(partition, params.embedding))
+                      params.settings_of("features"))
+    partition = digest(features, params.settings_of("graph"))
+    return StageKeys(features, partition, digest(partition, params.settings_of("embedding")))
 
 
 class ComponentEmbeddings:
@@ -196,14 +191,15 @@ class FeatureCache:
                          or platformdirs.user_cache_dir("napari-datus")).expanduser()
         self.enabled = enabled and self._writable()
 
-    def features(self, key: str) -> PatchFeatures | None:
-        """Cached patch features, or None on a miss."""
+    def features(self, key: str, grid: int | None = None,
+                 dim: int | None = None) -> PatchFeatures | None:
+        """Cached patch features, or None on a miss.
+
+        ``grid`` and ``dim``, where given, are the patch grid side and token width the
+        features must have; an entry of another geometry counts as a miss.
+        """
         arrays = self._read("features", key)
-        required = [f.name for f in fields(PatchFeatures) if f.default is MISSING]
-        if arrays is None or not all(name in arrays for name in required):
-            return None
-        values = {f.name: arrays.get(f.name) for f in fields(PatchFeatures)}
-        return PatchFeatures(**{**values, "grid": int(arrays["grid"])})
+        return None if arrays is None else _as_features(arrays, grid, dim)
 
     def put_features(self, key: str, features: PatchFeatures) -> None:
         """Store patch features (fields that are None are left out)."""
@@ -211,10 +207,14 @@ class FeatureCache:
         self._write("features", key, {k: np.asarray(v) for k, v in arrays.items()
                                       if v is not None})
 
-    def partition(self, key: str) -> tuple[np.ndarray, tuple[int, int]] | None:
-        """Cached ``((g, g) int32 partition, (H, W) image size)``, or None on a miss."""
+    def partition(self, key: str,
+                  grid: int | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Cached ``((g, g) int32 partition, (H, W) image size)``, or None on a miss.
+
+        ``grid``, where given, is the side ``g`` the partition must have.
+        """
         arrays = self._read("partition", key)
-        if arrays is None or "partition" not in arrays or arrays.get("shape", _EMPTY).size != 2:
+        if arrays is None or not _is_partition(arrays, grid):
             return None
         height, width = (int(v) for v in arrays["shape"])
         return arrays["partition"].astype(np.int32), (height, width)
@@ -223,11 +223,13 @@ class FeatureCache:
         """Store a partition and the size of the image it came from."""
         self._write("partition", key, {"partition": partition, "shape": np.asarray(shape)})
 
-    def embeddings(self, key: str) -> ComponentEmbeddings:
-        """The component embeddings stored so far (empty on a miss)."""
+    def embeddings(self, key: str, dim: int | None = None) -> ComponentEmbeddings:
+        """The component embeddings stored so far (empty on a miss).
+
+        ``dim``, where given, is the embedding width the stored vectors must have.
+        """
         arrays = self._read("embeddings", key)
-        if arrays is None or "ids" not in arrays or "vectors" not in arrays \
-                or arrays["ids"].shape[0] != arrays["vectors"].shape[0]:
+        if arrays is None or not _is_embeddings(arrays, dim):
             return ComponentEmbeddings()
         return ComponentEmbeddings(arrays["ids"], arrays["vectors"])
 
@@ -243,7 +245,10 @@ class FeatureCache:
         if not self.enabled:
             return None
         try:
-            with np.load(self._path(kind, key), allow_pickle=False) as npz:
+            f = _open_regular(self._path(kind, key))
+            if f is None:
+                return None  # not a regular file: the write replaces it
+            with f, np.load(f, allow_pickle=False) as npz:
                 return {name: npz[name] for name in npz.files}
         except FileNotFoundError:
             return None
@@ -256,14 +261,15 @@ class FeatureCache:
         path = self._path(kind, key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **arrays)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            _remove_empty_folder(path)
+            # np.savez appends ".npz" to a path without it; a file object keeps tmp's name.
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
         except OSError as exc:
+            if path.is_dir():
+                warnings.warn(f"cache entry {path} is a folder and cannot be replaced; that"
+                              " entry is recomputed on every run", CacheWarning, stacklevel=3)
+                return
             self._give_up(f"cannot write to the cache folder {self.root}"
                           f" ({exc.strerror or exc}); going on without the cache")
 
@@ -281,3 +287,81 @@ class FeatureCache:
     def _give_up(self, message: str) -> None:
         warnings.warn(message, CacheWarning, stacklevel=3)
         self.enabled = False
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for binary reading if it is a regular file, else None.
+
+    Opening non-blocking lets a FIFO open without waiting for a writer, and ``fstat`` of the
+    open file leaves no window for one to be swapped in after a check by name.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _remove_empty_folder(path: Path) -> None:
+    """Remove an empty folder where an entry goes, as ``os.replace`` cannot replace one."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # not empty: left to the user, _write warns
+
+
+def _fits(array: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> bool:
+    """True for an array of exactly this shape and dtype."""
+    return array is not None and array.shape == shape and array.dtype == dtype
+
+
+def _is_int(array: np.ndarray | None, ndim: int) -> bool:
+    """True for an integer array with ``ndim`` dimensions."""
+    return array is not None and array.ndim == ndim and np.issubdtype(array.dtype, np.integer)
+
+
+def _as_features(arrays: dict[str, np.ndarray], grid: int | None,
+                 dim: int | None) -> PatchFeatures | None:
+    """PatchFeatures from an entry's arrays, or None when they do not fit each other or
+    ``grid``/``dim``: ``(g*g, D)`` float32 keys, tokens, queries and values, ``(D,)`` float32
+    key bias and a scalar integer grid ``g``."""
+    side, bias = arrays.get("grid"), arrays.get("key_bias")
+    if not _is_int(side, 0) or bias is None or bias.ndim != 1 or bias.dtype != np.float32:
+        return None
+    side, width = int(side), bias.shape[0]
+    if side <= 0 or (grid is not None and side != grid) or (dim is not None and width != dim):
+        return None
+    values: dict[str, Any] = {"grid": side, "key_bias": bias}
+    for f in fields(PatchFeatures):
+        if f.name not in values:
+            values[f.name] = array = arrays.get(f.name)
+            optional = array is None and f.default is not MISSING
+            if not optional and not _fits(array, (side * side, width), np.float32):
+                return None
+    return PatchFeatures(**values)
+
+
+def _is_partition(arrays: dict[str, np.ndarray], grid: int | None) -> bool:
+    """True for a square integer ``(g, g)`` partition (``g == grid`` where given) and a
+    positive ``(H, W)`` integer image size."""
+    partition, shape = arrays.get("partition"), arrays.get("shape")
+    if not _is_int(partition, 2) or not _is_int(shape, 1) or shape.size != 2:
+        return False
+    side = grid if grid is not None else partition.shape[0]
+    return partition.shape == (side, side) and side > 0 and bool((shape > 0).all())
+
+
+def _is_embeddings(arrays: dict[str, np.ndarray], dim: int | None) -> bool:
+    """True for ``(m,)`` integer ids and ``(m, D)`` float32 vectors (``D == dim`` where
+    given)."""
+    ids, vectors = arrays.get("ids"), arrays.get("vectors")
+    if not _is_int(ids, 1) or vectors is None or vectors.ndim != 2:
+        return False
+    return _fits(vectors, (ids.shape[0], vectors.shape[1] if dim is None else dim), np.float32)

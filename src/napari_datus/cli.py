@@ -23,22 +23,25 @@ from napari_datus.core.denoise import BACKBONES, DENOISE_OUTPUTS, DenoiseConfig,
 from napari_datus.core.embeddings import EMBEDDINGS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.graph import AFFINITIES
-from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.partition import PARTITIONS
 from napari_datus.core.whitening import EMBEDDING_NORMS
-from napari_datus.denoise_run import denoise_run
+from napari_datus.denoise_run import denoise_run, read_run
 from napari_datus.distributed import dask_client, segment_images
+from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.dataset import list_images, match_ground_truth
-from napari_datus.io.masks import GT_FORMATS, class_colours, class_names, read_ground_truth
+from napari_datus.io.images import max_pixels
+from napari_datus.io.masks import GT_FORMATS, class_colours
 from napari_datus.outputs import (
     check_writable,
     command_line,
     package_versions,
+    run_folder,
     write_colour_pseudo_mask,
     write_grid_outputs,
     write_json,
     write_pseudo_mask,
 )
+from napari_datus.params import check_graph_memory
 from napari_datus.pipeline import (
     Params,
     Progress,
@@ -103,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--denoise", action="store_true",
                      help="then train DeepLabV3 on the pseudo masks and write denoised/")
     add_denoise_options(run)
+    run.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     denoise = sub.add_parser("denoise", help="de-noise the pseudo masks of a finished run")
+    denoise.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     denoise.add_argument("out", type=Path, metavar="OUT_DIR")
     denoise.add_argument("--seed", type=int, default=defaults.seed)
     denoise.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
@@ -151,51 +156,62 @@ def run_command(args: argparse.Namespace) -> dict:
     The run.json content.
     """
     start = time.perf_counter()
+    # Every setting is checked before any work or any file is written.
     params = params_from_args(args)
     params.validate()
+    gt = GroundTruthFormat(args.gt_format, args.gt_ignore)
+    max_pixels()  # a bad DATUS_MAX_PIXELS stops here, not once per image
+    if args.denoise:
+        denoise_config(args).validate()
     out: Path = args.out
     files = list_images(args.images)
     gt_files = match_ground_truth(files, args.gt) if args.gt else {}
     check_writable(out)
     backbone = load_backbone(params.model, params.weights, params.device)
+    check_graph_memory(params, backbone.patch_size)
     timer = Timer()
     sources = file_sources(files)
     cache = FeatureCache(enabled=not args.no_cache)
-    with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
-            dask_client(args.dask_scheduler, args.dask_local) as client:
-        def write_grids(event: Progress) -> None:
-            if event.result is not None:
-                r = event.result
-                with timer("write"):
-                    write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
-            bar.update(1)
+    with run_folder(out) as run_id:
+        with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
+                dask_client(args.dask_scheduler, args.dask_local) as client:
+            def write_grids(event: Progress) -> None:
+                if event.result is not None:
+                    r = event.result
+                    with timer("write"):
+                        write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
+                bar.update(1)
 
-        results, skipped = drive(segment_images(sources, len(files), backbone, params, timer,
-                                                cache, client), write_grids)
-    for s in skipped:
-        warn(f"skipped {s.file}: {s.reason}")
-    if not results:
-        raise DatusError("no image could be processed")
-    with timer("kmeans"):
-        clusters = cluster(results, params)
-    metrics_inputs = _write_masks(out, results, clusters, gt_files, args, timer, skipped)
-    run_info = {
-        "command": command_line(),
-        "params": {**params.to_dict(), **backbone.provenance()},
-        "device": str(backbone.device),
-        "versions": package_versions(),
-        "timings": timer.seconds,
-        "cache": str(cache.root) if cache.enabled else None,
-        "seconds_total": time.perf_counter() - start,
-        "segments": _segment_counts(results),
-        "images": [r.stem for r in results],
-        "skipped": [vars(s) for s in skipped],
-        "inputs": {f.stem: {"image": str(f.resolve()),
-                            "gt": str(gt_files[f.stem].resolve()) if f.stem in gt_files else None}
-                   for f in files},
-        "gt": metrics_inputs,
-    }
-    write_json(out / "run.json", run_info)
+            results, skipped = drive(segment_images(sources, len(files), backbone, params,
+                                                    timer, cache, client), write_grids)
+        for s in skipped:
+            warn(f"skipped {s.file}: {s.reason}")
+        if not results:
+            raise DatusError("no image could be processed")
+        with timer("kmeans"):
+            clusters = cluster(results, params)
+        metrics_inputs = _write_masks(out, results, clusters, gt_files, gt, args, timer,
+                                      skipped, run_id)
+        run_info = {
+            "run_id": run_id,
+            "command": command_line(),
+            "params": {**params.to_dict(), **backbone.provenance()},
+            "device": str(backbone.device),
+            "versions": package_versions(),
+            "timings": timer.seconds,
+            "cache": str(cache.root) if cache.enabled else None,
+            "seconds_total": time.perf_counter() - start,
+            "segments": _segment_counts(results),
+            "images": [r.stem for r in results],
+            "skipped": [vars(s) for s in skipped],
+            "inputs": {f.stem: {"image": str(f.resolve()),
+                                "gt": (str(gt_files[f.stem].resolve()) if f.stem in gt_files
+                                       else None)}
+                       for f in files},
+            "gt": metrics_inputs,
+        }
+        # Last: run.json marks the folder as a complete run.
+        write_json(out / "run.json", run_info)
     if args.denoise:
         denoise_command(args)
     print(summary(run_info, out))
@@ -227,12 +243,19 @@ def summary(run_info: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def denoise_config(args: argparse.Namespace) -> DenoiseConfig:
+    """DenoiseConfig from parsed ``datus run --denoise`` / ``datus denoise`` arguments."""
+    return DenoiseConfig(backbone=args.denoise_backbone, epochs=args.denoise_epochs,
+                         dominance=args.denoise_dominance, seed=args.seed, device=args.device,
+                         backbone_weights=args.denoise_backbone_weights,
+                         output=args.denoise_output)
+
+
 def denoise_command(args: argparse.Namespace) -> None:
     """``datus denoise OUT_DIR``: train the de-noiser on a run's pseudo masks, write denoised/."""
-    config = DenoiseConfig(backbone=args.denoise_backbone, epochs=args.denoise_epochs,
-                           dominance=args.denoise_dominance, seed=args.seed, device=args.device,
-                           backbone_weights=args.denoise_backbone_weights,
-                           output=args.denoise_output)
+    config = denoise_config(args)
+    config.validate()
+    read_run(args.out)  # a folder that is not a complete run is refused before any output
     with tqdm(desc="denoise", unit="step", file=sys.stderr) as bar:
         result = denoise_run(args.out, config, partial(_show_denoise_progress, bar))
     if result.dropped:
@@ -254,12 +277,10 @@ def _show_denoise_progress(bar: tqdm, event) -> None:
 
 
 def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
-                 args: argparse.Namespace, timer: Timer, skipped: list[Skipped]) -> dict | None:
-    """Write pseudo masks, accumulate the confusion matrix, write metrics.json."""
-    confusion = Confusion(args.clusters, 0 if args.gt_format == "index" else
-                          len(class_names(args.gt_format)))
-    ignore = args.gt_ignore if args.gt_format == "index" else None
-    evaluated: list[str] = []
+                 gt: GroundTruthFormat, args: argparse.Namespace, timer: Timer,
+                 skipped: list[Skipped], run_id: str) -> dict | None:
+    """Write pseudo masks, score them against the ground truth, write metrics.json."""
+    scorer = Scorer(args.clusters, gt)
     for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
                      file=sys.stderr):
         mask = pseudo_mask(r, c, args.fill_noise)
@@ -269,41 +290,27 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
             if args.gt:
                 skipped.append(Skipped(r.stem, "no ground-truth file: left out of the metrics"))
             continue
-        try:
-            with timer("read"):
-                gt = read_ground_truth(gt_files[r.stem], args.gt_format)
-        except DatusError as exc:
-            skipped.append(Skipped(str(gt_files[r.stem]), f"left out of the metrics: {exc}"))
-            warn(str(exc))
-            continue
-        if gt.shape != mask.shape:
-            reason = (f"ground truth {gt_files[r.stem].name} is {gt.shape[1]}x{gt.shape[0]} but"
-                      f" its image is {mask.shape[1]}x{mask.shape[0]}: left out of the metrics")
+        with timer("read"):
+            reason = scorer.add_file(r.stem, mask, gt_files[r.stem])
+        if reason is not None:
             skipped.append(Skipped(str(gt_files[r.stem]), reason))
             warn(reason)
-            continue
-        if args.gt_format == "index":
-            labelled = gt[gt != ignore]
-            if labelled.size:
-                confusion.grow(int(labelled.max()) + 1)
-        confusion.add(mask, gt, ignore)
-        evaluated.append(r.stem)
     if not args.gt:
         return None
-    if not evaluated:
+    metrics = scorer.result()
+    if metrics is None:
         warn("no image had usable ground truth: metrics.json not written")
         return None
-    names = class_names(args.gt_format, confusion.c)
-    metrics = {"classes": names, "images": evaluated,
-               "initial": evaluate(confusion, names)}
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", {"run_id": run_id, "classes": scorer.names,
+                                      "images": scorer.images, "initial": metrics})
     colours = class_colours(args.gt_format)
     if colours is not None:
         for r, c in zip(results, clusters):
             with timer("write"):
                 write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c, args.fill_noise),
-                                         metrics["initial"]["mapping"], colours)
-    return {"format": args.gt_format, "ignore": ignore, "classes": names, "dir": str(args.gt)}
+                                         metrics["mapping"], colours)
+    return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,
+            "classes": scorer.names, "dir": str(args.gt)}
 
 
 def _segment_counts(results) -> dict[str, float]:
@@ -315,24 +322,32 @@ def _segment_counts(results) -> dict[str, float]:
 
 
 COMMANDS = {"run": run_command, "denoise": denoise_command}
+# Exit statuses: 0 done, 1 a problem the message names, 2 a usage error (argparse),
+# 3 an internal error (a bug), 130 interrupted.
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 3, 130
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``datus`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: argparse's message and exit status 2
     try:
         COMMANDS[args.command](args)
     except DatusError as exc:
+        if args.debug:
+            raise
         print(f"datus: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("datus: interrupted; files already written are complete", file=sys.stderr)
-        return 130
+        print("datus: interrupted; the output folder has no run.json, so it does not count as"
+              " a finished run", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, but the user still gets one line, not a traceback
-        print(f"datus: internal error: {exc.__class__.__name__}: {exc}"
-              " (please report it with the command line)", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        print(f"datus: internal error: {exc.__class__.__name__}: {exc} (please report it"
+              " with the command line; --debug shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     return 0
 
 

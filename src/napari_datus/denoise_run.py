@@ -9,8 +9,7 @@ Hungarian matching) and a ``"denoise"`` record (settings, dropped masks, timings
 
 from __future__ import annotations
 
-import json
-import time
+import shutil
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -19,28 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from napari_datus.core.denoise import (
-    DenoiseConfig,
-    Pair,
-    TrainProgress,
-    combine,
-    predict,
-    select_training_pairs,
-    train_denoiser,
-)
+from napari_datus.core.denoise import DenoiseConfig, Pair, TrainProgress
 from napari_datus.core.errors import DatusError
-from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.denoising import denoise_pairs
+from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.images import read_array, read_image
-from napari_datus.io.masks import (
-    class_names,
-    read_ground_truth,
-    write_index_mask,
-    write_json_atomic,
+from napari_datus.io.masks import write_index_mask
+from napari_datus.outputs import (
+    CHECKPOINT_DIR,
+    DENOISED_DIR,
+    folder_lock,
+    read_json,
+    write_json,
 )
 from napari_datus.pipeline import Progress, drive
-
-CHECKPOINT_DIR = "denoise_checkpoints"
-DENOISED_DIR = "denoised"
 
 
 @dataclass
@@ -72,26 +63,31 @@ class DenoiseResult:
 
 
 def read_run(out_dir: str | Path) -> RunInputs:
-    """Parse ``run.json`` of a run folder; raise DatusError naming what is missing."""
+    """Parse ``run.json`` (and metrics.json) of a complete run folder; raise DatusError
+    naming what is missing, corrupt or inconsistent."""
     out_dir = Path(out_dir)
     path = out_dir / "run.json"
     if not path.is_file():
-        raise DatusError(f"{out_dir} is not a datus run folder: run.json not found")
+        raise DatusError(f"{out_dir} is not a complete datus run folder: run.json not found")
+    run = read_json(path)
     try:
-        run = json.loads(path.read_text())
         clusters = int(run["params"]["clusters"])
-        inputs = run["inputs"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DatusError(f"{path} lacks params.clusters or inputs ({exc});"
-                         " re-run datus run") from exc
+        inputs = {stem: entry for stem, entry in run["inputs"].items()
+                  if isinstance(entry, dict) and entry.get("image")}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DatusError(f"{path} lacks params.clusters or inputs ({exc}); re-run datus run"
+                         " or re-export from napari") from exc
     gt = run.get("gt") or {}
     images = {stem: Path(entry["image"]) for stem, entry in inputs.items()
               if (out_dir / "pseudo_masks" / f"{stem}.png").is_file()}
     if not images:
         raise DatusError(f"no pseudo masks in {out_dir / 'pseudo_masks'} for the run's inputs")
-    # Score the images "initial" was scored on, under the same class names.
     metrics_path = out_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    if metrics and metrics.get("run_id") != run.get("run_id"):
+        raise DatusError(f"{metrics_path} belongs to another run than {path} (an interrupted"
+                         " run?); re-run datus run into this folder")
+    # Score the images "initial" was scored on.
     evaluated = set(metrics.get("images") or images)
     gts = {stem: Path(entry["gt"]) for stem, entry in inputs.items()
            if stem in images and stem in evaluated and entry.get("gt")}
@@ -119,44 +115,45 @@ def read_mask(path: Path) -> np.ndarray:
 def iter_denoise_run(
     out_dir: str | Path, config: DenoiseConfig,
 ) -> Generator[TrainProgress | Progress, None, DenoiseResult]:
-    """Train, predict, write and score; yields progress (the napari widget's entry point)."""
+    """Train, predict, write and score; yields progress.
+
+    ``denoised/`` is written into a staging folder and swapped in when complete, so an
+    interrupted de-noising leaves the previous ``denoised/`` (or none), never a mix.
+    """
+    config.validate()
     run = read_run(out_dir)
-    pairs = training_pairs(run)
-    # The rule train_denoiser applies, run here too to record which masks it leaves out.
-    _, dropped = select_training_pairs(pairs, run.clusters, config.dominance)
-    epoch_seconds: list[float] = []
-    training = train_denoiser(pairs, run.clusters, config, run.out_dir / CHECKPOINT_DIR)
-    while True:
-        try:
-            event = next(training)
-        except StopIteration as stop:
-            model = stop.value
-            break
-        if event.step == event.steps:
-            epoch_seconds.append(event.seconds)
-        yield event
+    with folder_lock(run.out_dir):
+        return (yield from _denoise_locked(run, config))
 
-    began = time.perf_counter()
-    confusion, names = _metrics_setup(run)
+
+def _denoise_locked(run: RunInputs, config: DenoiseConfig,
+                    ) -> Generator[TrainProgress | Progress, None, DenoiseResult]:
+    scorer = (Scorer(run.clusters, GroundTruthFormat(run.gt_format, run.gt_ignore))
+              if run.gts and run.gt_format else None)
+    staging = run.out_dir / f".{DENOISED_DIR}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
     written: list[Path] = []
-    for index, (stem, image_path) in enumerate(sorted(run.images.items()), start=1):
-        image = read_image(image_path)
-        initial = read_mask(run.out_dir / "pseudo_masks" / f"{stem}.png")
-        mask = combine(initial, predict(model, image, config.predict_size), config.output)
-        written.append(write_index_mask(run.out_dir / DENOISED_DIR / f"{stem}.png", mask))
-        if confusion is not None and stem in run.gts:
-            _add_to_confusion(confusion, mask, run, stem)
-        yield Progress("denoise predict", index, len(run.images), stem)
-    predict_seconds = time.perf_counter() - began
 
-    metrics = evaluate(confusion, names) if confusion is not None else None
+    def keep(stem: str, mask: np.ndarray) -> None:
+        written.append(run.out_dir / DENOISED_DIR / write_index_mask(
+            staging / f"{stem}.png", mask).name)
+        if scorer is not None and stem in run.gts:
+            reason = scorer.add_file(stem, mask, run.gts[stem])
+            if reason is not None:
+                warnings.warn(reason, stacklevel=2)
+
+    summary = yield from denoise_pairs(training_pairs(run), run.clusters, config, keep,
+                                       run.out_dir / CHECKPOINT_DIR)
+    _swap_in(staging, run.out_dir / DENOISED_DIR)
+    metrics = scorer.result() if scorer is not None else None
     if metrics is not None:
-        _update_json(run.out_dir / "metrics.json", {"classes": names, "denoised": metrics})
+        _update_json(run.out_dir / "metrics.json", {"denoised": metrics})
     _update_json(run.out_dir / "run.json", {"denoise": {
-        "config": config.to_dict(), "trained_on": len(pairs) - len(dropped),
-        "dropped": dropped, "seconds_per_epoch": epoch_seconds,
-        "predict_seconds": predict_seconds}})
-    return DenoiseResult(written, dropped, metrics, epoch_seconds, predict_seconds)
+        "config": config.to_dict(), "trained_on": len(run.images) - len(summary.dropped),
+        "dropped": summary.dropped, "seconds_per_epoch": summary.seconds_per_epoch,
+        "predict_seconds": summary.predict_seconds}})
+    return DenoiseResult(written, summary.dropped, metrics, summary.seconds_per_epoch,
+                         summary.predict_seconds)
 
 
 def denoise_run(out_dir: str | Path, config: DenoiseConfig,
@@ -166,28 +163,18 @@ def denoise_run(out_dir: str | Path, config: DenoiseConfig,
     return drive(iter_denoise_run(out_dir, config), progress)
 
 
-def _metrics_setup(run: RunInputs) -> tuple[Confusion | None, list[str]]:
-    """An empty confusion matrix and class names, or (None, []) without ground truth."""
-    if not run.gts or run.gt_format is None:
-        return None, []
-    names = run.classes or class_names(run.gt_format)
-    return Confusion(run.clusters, len(names)), list(names)
-
-
-def _add_to_confusion(confusion: Confusion, mask: np.ndarray, run: RunInputs,
-                      stem: str) -> None:
-    """Count one image; a ground truth of another size is left out with a warning (contract)."""
-    gt = read_ground_truth(run.gts[stem], run.gt_format)
-    if gt.shape != mask.shape:
-        warnings.warn(f"{run.gts[stem]} is {gt.shape[1]}x{gt.shape[0]} but its image is"
-                      f" {mask.shape[1]}x{mask.shape[0]}: left out of the metrics",
-                      stacklevel=2)
-        return
-    confusion.add(mask, gt, run.gt_ignore)
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the complete ``staging`` folder (two renames)."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _update_json(path: Path, entries: dict[str, Any]) -> None:
     """Set top-level keys of a JSON file (created if absent), atomically."""
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = read_json(path) if path.is_file() else {}
     data.update(entries)
-    write_json_atomic(path, json.dumps(data, indent=2))
+    write_json(path, data)

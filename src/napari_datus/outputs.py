@@ -14,12 +14,19 @@ Every per-image file has the original image's height and width.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
@@ -29,6 +36,14 @@ PARTITIONS_DIR = "partitions"
 SEGMENTS_DIR = "segments"
 PSEUDO_DIR = "pseudo_masks"
 PSEUDO_COLOUR_DIR = "pseudo_masks_colour"
+DENOISED_DIR = "denoised"
+CHECKPOINT_DIR = "denoise_checkpoints"
+EXPORTED_IMAGES_DIR = "exported_images"  # napari exports carry their images
+LOCK_NAME = ".datus.lock"
+# Everything a run writes, run.json first: see run_folder.
+RUN_LAYOUT = ("run.json", "metrics.json", PARTITIONS_DIR, SEGMENTS_DIR, PSEUDO_DIR,
+              PSEUDO_COLOUR_DIR, DENOISED_DIR, CHECKPOINT_DIR, f".{DENOISED_DIR}.partial",
+              f".{DENOISED_DIR}.old", EXPORTED_IMAGES_DIR, "metrics.csv")
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
                       "scikit-learn", "networkx", "python-louvain", "igraph")
 
@@ -37,11 +52,53 @@ def check_writable(out: Path) -> None:
     """Create ``out`` and prove a file can be written there, before any work is done."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".datus-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".datus-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise DatusError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+
+
+@contextmanager
+def run_folder(out: Path) -> Iterator[str]:
+    """Hold ``out`` for one run: locked, emptied of an older run's outputs, ``run.json`` first.
+
+    ``run.json`` is written last by a run and marks it complete, so it is removed before
+    anything else: a run interrupted from here on leaves a folder that no reader takes for
+    a finished run. Files that are not part of the layout are left alone.
+
+    Yields
+    ------
+    A new run id, written into run.json and metrics.json so readers can tell that both
+    belong to the same run.
+    """
+    with folder_lock(out):
+        try:
+            for name in RUN_LAYOUT:
+                path = out / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        except OSError as exc:
+            raise DatusError(f"cannot clear the older run in {out}:"
+                             f" {exc.strerror or exc}") from exc
+        yield uuid.uuid4().hex
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder; a second writer gets one clear error."""
+    lock = FileLock(out / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise DatusError(f"another datus process is writing into {out}; wait for it or"
+                         " choose another output folder") from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_grid_outputs(out: Path, stem: str, partition: np.ndarray, segments: np.ndarray,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
-from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
+from napari_datus.core.backbone import Backbone, load_backbone
 from napari_datus.core.embeddings import (
-    EMBEDDINGS,
     crop_cls_embeddings,
     pooled_token_embeddings,
 )
@@ -34,8 +33,8 @@ from napari_datus.core.features import (
     extract_features,
     resize_image,
 )
-from napari_datus.core.graph import AFFINITIES, adjacency
-from napari_datus.core.partition import PARTITIONS, louvain
+from napari_datus.core.graph import adjacency
+from napari_datus.core.partition import louvain
 from napari_datus.core.pseudolabel import (
     cluster_segments,
     fill_unlabelled,
@@ -43,55 +42,10 @@ from napari_datus.core.pseudolabel import (
     upsample_nearest,
 )
 from napari_datus.core.segments import Segments, split_segments
-from napari_datus.core.whitening import EMBEDDING_NORMS, normalise_embeddings
+from napari_datus.core.whitening import normalise_embeddings
+from napari_datus.params import Params, check_graph_memory
 
 STAGES = ("read", "keys", "graph", "partition", "segments", "embeddings", "kmeans", "write")
-
-
-@dataclass
-class Params:
-    """Every setting that changes a DatUS result (recorded in run.json)."""
-
-    model: str = field(default_factory=default_model)
-    weights: str | None = field(default_factory=default_weights)
-    resolution: int = 224
-    clusters: int = 6
-    tau: int = 5
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 32
-    # k-NN graph of centred tokens: no threshold to break on feature offsets, finer segments
-    # (docs/results.md has the measurements behind every default).
-    affinity: str = "tokens-knn"
-    partition: str = "igraph"
-    embedding: str = "pooled-tokens"
-    n_init: int = 10
-    self_loops: bool = False
-    # Dataset-wide normalisation of segment embeddings before k-means (core.whitening).
-    embedding_norm: str = "l2"
-    # Weight each segment by its size in k-means, so the objective counts patches, not segments.
-    size_weighted: bool = False
-    # Label noise patches with their nearest segment's cluster (coverage 1 before de-noising).
-    fill_noise: bool = False
-    # Neighbours per patch for the tokens-knn / keys-knn affinities.
-    knn: int = 16
-
-    def validate(self) -> None:
-        """Raise one DatusError naming the first bad setting."""
-        choices = {"affinity": AFFINITIES, "partition": PARTITIONS, "embedding": EMBEDDINGS,
-                   "embedding_norm": EMBEDDING_NORMS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise DatusError(f"unknown {name} {getattr(self, name)!r}:"
-                                 f" choose one of {', '.join(allowed)}")
-        for name in ("resolution", "clusters", "batch_size", "n_init", "knn"):
-            if getattr(self, name) < 1:
-                raise DatusError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.tau < 0:
-            raise DatusError(f"tau must be >= 0, got {self.tau}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -291,6 +245,11 @@ class _CachedInputs:
                        else image_key(self.image))
             return stage_keys(content, self.backbone, self.params)
 
+    @property
+    def grid(self) -> int:
+        """Side of the patch grid the resized image makes."""
+        return self.params.resolution // self.backbone.patch_size
+
     @cached_property
     def image(self) -> np.ndarray:
         with self.timer("read"):
@@ -306,7 +265,8 @@ class _CachedInputs:
     @cached_property
     def features(self) -> PatchFeatures:
         with self.timer("cache"):
-            features = self.cache.features(self.keys.features)
+            features = self.cache.features(self.keys.features, grid=self.grid,
+                                           dim=self.backbone.embed_dim)
         if features is None:
             with self.timer("keys"):
                 features = extract_features(self.backbone, self.resized)
@@ -325,7 +285,7 @@ def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: Backbon
     """
     inputs = _CachedInputs(stem, load, backbone, params, timer, cache)
     with timer("cache"):
-        stored = cache.partition(inputs.keys.partition)
+        stored = cache.partition(inputs.keys.partition, grid=inputs.grid)
     if stored is None:
         partition = partition_features(inputs.features, params, timer)
         shape = (int(inputs.image.shape[0]), int(inputs.image.shape[1]))
@@ -348,7 +308,7 @@ def _cached_embeddings(inputs: _CachedInputs, segments: Segments) -> np.ndarray:
     ids[segments.valid.ravel()] = segments.components.ravel()
     ids = ids[1:]
     with inputs.timer("cache"):
-        stored = inputs.cache.embeddings(inputs.keys.embeddings)
+        stored = inputs.cache.embeddings(inputs.keys.embeddings, dim=inputs.backbone.embed_dim)
     todo = stored.missing(ids)
     if todo.size:
         lut = np.zeros(int(segments.components.max()) + 1, dtype=np.int32)
@@ -460,6 +420,7 @@ def run(
     if backbone is None:
         yield Progress("loading model", 0, total)
         backbone = load_backbone(params.model, params.weights, params.device)
+    check_graph_memory(params, backbone.patch_size)
     results, skipped = yield from segment_dataset(sources, total, backbone, params, timer,
                                                   cache)
     if not results:

@@ -1,11 +1,17 @@
 import numpy as np
+import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
+from napari_datus.core.backbone import Backbone
 from napari_datus.core.embeddings import (
     crop_cls_embeddings,
+    l2_normalize,
     masked_crops,
     pooled_token_embeddings,
 )
+from napari_datus.core.features import normalize
+from tests.conftest import TINY_KWARGS
 
 
 def test_crops_black_out_everything_outside_the_segment():
@@ -48,3 +54,29 @@ def test_pooled_tokens_are_normalised_segment_means():
     emb = pooled_token_embeddings(tokens, segments)
     mean = tokens[:4].mean(axis=0)
     np.testing.assert_allclose(emb[0], mean / np.linalg.norm(mean), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["avg", ""])
+def test_crop_cls_without_a_class_token_pools_the_patch_tokens(pool):
+    net = VisionTransformer(**{**TINY_KWARGS, "class_token": False, "global_pool": pool})
+    backbone = Backbone.from_module(net, device="cpu")
+    segments = np.zeros((4, 4), dtype=np.int32)
+    segments[:, :2] = 1
+    image = torch.rand(3, 32, 32)
+    emb = crop_cls_embeddings(backbone, image, segments)
+    (crop,) = masked_crops(image, segments, 8, 32)
+    with torch.inference_mode():
+        tokens = net.forward_features(normalize(crop[None]))
+        mean = net.fc_norm(tokens.mean(dim=1))  # timm's avg pooling; Identity for pool ""
+    np.testing.assert_allclose(emb, l2_normalize(mean.numpy()), atol=1e-6)
+    assert not np.allclose(emb, l2_normalize(tokens[:, 0].numpy()), atol=1e-3)
+
+
+def test_crop_cls_is_the_class_token(tiny_backbone):
+    segments = np.ones((4, 4), dtype=np.int32)
+    image = torch.rand(3, 32, 32)
+    (crop,) = masked_crops(image, segments, 8, 32)
+    with torch.inference_mode():
+        cls = tiny_backbone.model.forward_features(normalize(crop[None]))[:, 0]
+    emb = crop_cls_embeddings(tiny_backbone, image, segments)
+    np.testing.assert_allclose(emb, l2_normalize(cls.numpy()), atol=1e-6)

@@ -1,10 +1,31 @@
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from napari_datus.core.errors import DatusError
-from napari_datus.io.images import read_image, to_rgb_uint8
+from napari_datus.io.images import (
+    DEFAULT_MAX_PIXELS,
+    max_pixels,
+    read_array,
+    read_image,
+    to_rgb_uint8,
+)
+
+
+def write_png_claiming(path: Path, width: int, height: int) -> Path:
+    """Write a tiny 8x8 PNG whose header claims ``width`` x ``height`` (a decompression bomb)."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width, height after signature + tag
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR CRC over tag + body
+    path.write_bytes(bytes(data))
+    return path
 
 
 def test_grayscale_is_repeated():
@@ -67,3 +88,79 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     with pytest.raises(DatusError, match="cannot read image"):
         read_image(tmp_path / "bad.jpg")
+
+
+def test_bomb_png_is_a_clear_error(tmp_path):
+    path = write_png_claiming(tmp_path / "bomb.png", 50000, 50000)
+    with pytest.raises(DatusError, match=r"bomb\.png .*2500000000 pixels"):
+        read_image(path)
+
+
+def test_png_over_the_limit_is_refused_from_its_header(tmp_path):
+    # 100 M pixels: Pillow only warns (its error starts at 178,956,970), and the warning is
+    # silenced because our own check refuses the file before any pixel is decoded.
+    path = write_png_claiming(tmp_path / "big.png", 20000, 5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected = (r"big\.png is 20000x5000 = 100,000,000 pixels,"
+                    r" above the limit of 99,999,999 \(DATUS_MAX_PIXELS\)")
+        with pytest.raises(DatusError, match=expected):
+            read_array(path, max_pixels=99_999_999)
+
+
+def test_tiff_over_the_limit_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.tif"
+    tifffile.imwrite(path, shape=(40000, 30000), dtype="uint8")  # header only: a sparse file
+    with pytest.raises(DatusError, match=r"bomb\.tif is 30000x40000 = 1,200,000,000 pixels"):
+        read_image(path)
+
+
+def test_tiff_colour_samples_do_not_count_as_pixels(tmp_path):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 5, 3), dtype=np.uint8))
+    assert read_array(tmp_path / "rgb.tif", max_pixels=20).shape == (4, 5, 3)
+    with pytest.raises(DatusError, match="5x4 = 20 pixels, above the limit of 19"):
+        read_array(tmp_path / "rgb.tif", max_pixels=19)
+
+
+def test_pixel_limit_from_argument_and_environment(tmp_path, monkeypatch):
+    Image.new("L", (20, 10)).save(tmp_path / "a.png")
+    assert max_pixels() == DEFAULT_MAX_PIXELS
+    with pytest.raises(DatusError, match="20x10 = 200 pixels, above the limit of 199"):
+        read_array(tmp_path / "a.png", max_pixels=199)
+    monkeypatch.setenv("DATUS_MAX_PIXELS", "100")
+    assert max_pixels() == 100
+    with pytest.raises(DatusError, match="above the limit of 100"):
+        read_image(tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png", max_pixels=200).shape == (10, 20, 3)
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1e9"])
+def test_bad_pixel_limit_in_environment_is_a_clear_error(tmp_path, monkeypatch, value):
+    Image.new("L", (2, 2)).save(tmp_path / "a.png")
+    monkeypatch.setenv("DATUS_MAX_PIXELS", value)
+    with pytest.raises(DatusError, match="DATUS_MAX_PIXELS=.* is not a positive integer"):
+        read_image(tmp_path / "a.png")
+
+
+def test_broken_png_chunk_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.png"
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
+    Image.fromarray(noise).save(path)  # incompressible: Pillow writes two IDAT chunks
+    data = path.read_bytes()
+    second = data.index(b"IDAT", data.index(b"IDAT") + 4)
+    # Pillow raises SyntaxError (not OSError) for a broken chunk met while decoding.
+    path.write_bytes(data[:second] + b"\x00\x01\x02\x03" + data[second + 4:])
+    with pytest.raises(DatusError, match=r"cannot read image .*broken\.png"):
+        read_image(path)
+
+
+def test_palette_indices_are_kept_on_request(tmp_path):
+    img = Image.new("P", (4, 1))
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [224, 224, 192] * 253)
+    img.putdata([0, 1, 2, 255])
+    img.save(tmp_path / "voc.png", transparency=255)  # VOC-style: 255 marks "void"
+    indices = read_array(tmp_path / "voc.png", keep_palette=True)
+    assert indices.dtype == np.uint8
+    np.testing.assert_array_equal(indices, [[0, 1, 2, 255]])
+    assert read_array(tmp_path / "voc.png").shape == (1, 4, 4)  # RGBA by default
+

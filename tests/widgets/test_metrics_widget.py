@@ -178,7 +178,7 @@ def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, 
 
     out = tmp_path / "out"
     stems = run.stack.stems
-    assert len(written) == 4 * len(stems) + 3
+    assert len(written) == 5 * len(stems) + 3  # 4 masks and the image each, 3 tables
     reference = tmp_path / "cli"
     for i, stem in enumerate(stems):
         r = run.result.results[i]
@@ -198,6 +198,45 @@ def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, 
     assert saved["classes"] == SUIM6_NAMES and saved["images"] == stems
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("class,initial_iou")
     assert json.loads((out / "run.json").read_text())["params"]["clusters"] == 3
+
+
+def test_an_export_is_a_run_folder_datus_denoise_accepts(qtbot, viewer, sample, pipeline,
+                                                        tmp_path, capsys):
+    from napari_datus.cli import main
+
+    run_and_wait(qtbot, pipeline)
+    out = tmp_path / "out"
+    pipeline.export(out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["run_id"] and set(run["inputs"]) == set(run_of(
+        viewer.layers["suim pseudo mask"]).stack.stems)
+    assert main(["denoise", str(out), "--denoise-epochs", "1", "--device", "cpu"]) == 0, \
+        capsys.readouterr().err
+    assert len(list((out / "denoised").glob("*.png"))) == len(run["inputs"])
+
+
+def test_index_void_255_is_left_out_as_in_the_cli(qtbot, viewer, sample, pipeline, metrics):
+    run_and_wait(qtbot, pipeline)
+    run = run_of(viewer.layers["suim pseudo mask"])
+    # Ground truth that agrees with the pseudo mask wherever it is labelled, void elsewhere.
+    truth = np.stack([run.result.pseudo_mask(i) for i in range(run.stack.shape[0])])
+    viewer.add_labels(truth, name="index truth")
+    metrics.gt_layer.setCurrentText("index truth")
+    metrics.gt_format.setCurrentText("index")
+    shown = metrics.compute()
+    assert shown["initial"]["miou"] == 1.0 and shown["initial"]["pixel_accuracy"] == 1.0
+
+
+def test_suim_labels_above_seven_are_a_clear_error(qtbot, viewer, sample, pipeline, metrics,
+                                                   notifications):
+    run_and_wait(qtbot, pipeline)
+    labels = np.zeros((5, 480, 640), dtype=np.uint8)
+    labels[0, 0, 0] = 9
+    viewer.add_labels(labels, name="codes", metadata={"gt_format": "suim8"})
+    metrics.gt_layer.setCurrentText("codes")
+    metrics.gt_format.setCurrentText("suim6")
+    assert metrics.compute() is None
+    assert any("SUIM class codes are 0..7" in m for m in errors(notifications))
 
 
 def test_widgets_open_from_the_plugin_menu(viewer):

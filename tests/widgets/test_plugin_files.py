@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from napari_datus._sample_data import SAMPLE_DIR, suim_sample
 from napari_datus._writer import write_labels
 from napari_datus.core.errors import DatusError
 from napari_datus.io.masks import SUIM8_NAMES, decode_suim
+from tests.io.test_images import write_png_claiming
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_MANIFEST = ROOT / "src" / "napari_datus" / "napari.yaml"
@@ -76,6 +78,12 @@ def test_reader_declines_other_files(tmp_path):
     assert get_reader(str(SAMPLE_DIR / "images" / "n_l_52_.jpg")) is None
 
 
+def test_reader_declines_bombs_and_broken_files(tmp_path):
+    assert get_reader(str(write_png_claiming(tmp_path / "bomb.png", 50000, 50000))) is None
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert get_reader(str(tmp_path / "broken.png")) is None
+
+
 def test_writer_round_trips_png_and_tiff(tmp_path):
     labels = np.arange(12, dtype=np.int32).reshape(3, 4) * 300
     [png] = write_labels(str(tmp_path / "mask.png"), labels, {})
@@ -91,3 +99,45 @@ def test_writer_refuses_png_stacks_and_negative_ids(tmp_path):
         write_labels(str(tmp_path / "stack.png"), np.zeros((2, 4, 4), dtype=np.uint8), {})
     with pytest.raises(DatusError, match="negative"):
         write_labels(str(tmp_path / "neg.png"), -np.ones((4, 4), dtype=np.int32), {})
+
+
+def test_writer_writes_whole_number_floats_and_refuses_fractions(tmp_path):
+    [png] = write_labels(str(tmp_path / "mask.png"), np.array([[0.0, 2.0], [7.0, 1.0]]), {})
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), [[0, 2], [7, 1]])
+    with pytest.raises(DatusError, match=r"frac\.tif: labels hold non-integer values such as 1\.5"):
+        write_labels(str(tmp_path / "frac.tif"), np.array([[0.0, 1.5]]), {})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_writer_refuses_nan_and_inf(tmp_path, bad):
+    with pytest.raises(DatusError, match="NaN or infinite"):
+        write_labels(str(tmp_path / "m.tif"), np.array([[0.0, bad]]), {})
+
+
+def test_writer_refuses_ids_a_file_cannot_hold(tmp_path):
+    with pytest.raises(DatusError, match="label 8589934597 is above 4294967295"):
+        write_labels(str(tmp_path / "big.tif"), np.array([[0, 8589934597]]), {})
+    with pytest.raises(DatusError, match="label 70000 is above 65535.*save as .tif"):
+        write_labels(str(tmp_path / "big.png"), np.array([[0, 70000]]), {})
+    assert not list(tmp_path.iterdir())
+    [tif] = write_labels(str(tmp_path / "big.tif"), np.array([[0, 4294967295]]), {})
+    assert tifffile.imread(tif)[0, 1] == 4294967295
+
+
+def test_writer_refuses_empty_layers_and_missing_folders(tmp_path):
+    with pytest.raises(DatusError, match="empty"):
+        write_labels(str(tmp_path / "empty.tif"), np.zeros((0, 4), dtype=np.uint8), {})
+    with pytest.raises(DatusError, match="folder .*nowhere does not exist"):
+        write_labels(str(tmp_path / "nowhere" / "m.tif"), np.ones((2, 2), dtype=np.uint8), {})
+    with pytest.raises(DatusError, match="folder .*nowhere does not exist"):
+        write_labels(str(tmp_path / "nowhere" / "m.png"), np.ones((2, 2), dtype=np.uint8), {})
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_written_tiff_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        [tif] = write_labels(str(tmp_path / "m.tif"), np.ones((2, 2), dtype=np.uint8), {})
+    finally:
+        os.umask(old)
+    assert os.stat(tif).st_mode & 0o777 == 0o644

@@ -15,17 +15,19 @@ import napari
 import numpy as np
 
 from napari_datus._widgets.layers import run_of
-from napari_datus._widgets.model import DENOISED, WidgetRun
+from napari_datus._widgets.model import DENOISED, WidgetRun, stack_rgb
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
-from napari_datus.denoise_run import DENOISED_DIR
-from napari_datus.io.masks import class_colours, write_json_atomic
+from napari_datus.io.masks import class_colours, write_colour_mask, write_json_atomic
 from napari_datus.outputs import (
+    DENOISED_DIR,
+    EXPORTED_IMAGES_DIR,
     PARTITIONS_DIR,
     PSEUDO_COLOUR_DIR,
     SEGMENTS_DIR,
     check_writable,
     package_versions,
+    run_folder,
     write_colour_pseudo_mask,
     write_grid_outputs,
     write_json,
@@ -53,12 +55,35 @@ def export_run(viewer: napari.Viewer, run: WidgetRun, out: Path, index: bool = T
     """
     if not (index or colour):
         raise DatusError("choose index PNG and/or SUIM colours to export")
-    colours = class_colours(run.gt_format)
-    if colour and ("initial" not in run.metrics or colours is None):
+    if colour and ("initial" not in run.metrics or run_colours(run) is None):
         raise DatusError("SUIM colours follow the cluster-to-class matching: compute metrics"
                          " against SUIM ground truth (suim6 or suim8) in DatUS metrics first")
     layers = _stack_layers(viewer, run)
     check_writable(out)
+    with run_folder(out) as run_id:
+        written = _write_masks(out, run, layers, index, colour)
+        inputs = {}
+        for i, stem in enumerate(run.stack.stems):
+            if run.position(i) is not None:
+                # The images go with the masks, so `datus denoise` can train on an export.
+                path = write_colour_mask(out / EXPORTED_IMAGES_DIR / f"{stem}.png",
+                                         stack_rgb(run.stack, i))
+                inputs[stem] = {"image": str(path.resolve()), "gt": None}
+                written.append(path)
+        if run.metrics:
+            written.append(write_json(out / "metrics.json", {
+                "run_id": run_id, "classes": run.class_names, "images": _evaluated(run),
+                **run.metrics}))
+            written.append(write_json_atomic(out / "metrics.csv", metrics_csv(run)))
+        # Last: run.json marks the folder as a complete run.
+        written.append(write_json(out / "run.json", {"run_id": run_id, **_run_json(run),
+                                                     "inputs": inputs}))
+    return written
+
+
+def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray], index: bool,
+                 colour: bool) -> list[Path]:
+    """Every image's masks in file conventions; returns the files written."""
     written: list[Path] = []
     for i, stem in enumerate(run.stack.stems):
         if run.position(i) is None:
@@ -76,13 +101,8 @@ def export_run(viewer: napari.Viewer, run: WidgetRun, out: Path, index: bool = T
                     layers[DENOISED][i]), folder=DENOISED_DIR))
         if colour:
             written.append(write_colour_pseudo_mask(
-                out, stem, pseudo, run.metrics["initial"]["mapping"], colours,
+                out, stem, pseudo, run.metrics["initial"]["mapping"], run_colours(run),
                 folder=PSEUDO_COLOUR_DIR))
-    written.append(write_json(out / "run.json", _run_json(run)))
-    if run.metrics:
-        written.append(write_json(out / "metrics.json", {
-            "classes": run.class_names, "images": _evaluated(run), **run.metrics}))
-        written.append(write_json_atomic(out / "metrics.csv", metrics_csv(run)))
     return written
 
 
@@ -126,6 +146,11 @@ def _evaluated(run: WidgetRun) -> list[str]:
     return [stem for i, stem in enumerate(run.stack.stems) if run.position(i) is not None]
 
 
+def run_colours(run: WidgetRun) -> np.ndarray | None:
+    """(C, 3) uint8 SUIM colours of the run's ground-truth classes, or None."""
+    return class_colours(run.gt_format)
+
+
 def _run_json(run: WidgetRun) -> dict:
     """Provenance in run.json's shape (params, versions, timings, segments, images, skipped)."""
     return {
@@ -136,4 +161,6 @@ def _run_json(run: WidgetRun) -> dict:
         "segments": run.result.segment_counts(),
         "images": _evaluated(run),
         "skipped": [vars(s) for s in run.result.skipped],
+        "gt": ({"format": run.gt_format, "ignore": None, "classes": run.class_names,
+                "dir": None} if run.metrics else None),
     }

@@ -15,26 +15,16 @@ from functools import partial
 import matplotlib
 import numpy as np
 
-from napari_datus.core.denoise import (
-    DenoiseConfig,
-    TrainProgress,
-    combine,
-    predict,
-    train_denoiser,
-)
+from napari_datus.core.denoise import DenoiseConfig, TrainProgress
 from napari_datus.core.embeddings import masked_crops
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import resize_image
-from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.metrics import evaluate
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
+from napari_datus.denoising import denoise_pairs
+from napari_datus.evaluation import VOID, GroundTruthFormat, Scorer
 from napari_datus.io.images import to_rgb_uint8
-from napari_datus.io.masks import (
-    SUIM8_TO_SUIM6,
-    class_colours,
-    class_names,
-    decode_index,
-    decode_suim,
-)
+from napari_datus.io.masks import class_colours
 from napari_datus.pipeline import DatasetResult, Progress
 
 LAYER_SUFFIXES = ("partitions", "segments", "noise", "pseudo mask")
@@ -186,24 +176,26 @@ def denoise(run: WidgetRun, config: DenoiseConfig,
     """
     n = run.stack.shape[0]
     indices = [i for i in range(n) if run.position(i) is not None]
-    pairs = [(run.stack.stems[i], partial(_rgb, run.stack, i), partial(run.pseudo_mask, i))
-             for i in indices]
-    model = yield from train_denoiser(pairs, run.result.params.clusters, config)
+    pairs = [(run.stack.stems[i], partial(stack_rgb, run.stack, i),
+              partial(run.pseudo_mask, i)) for i in indices]
+    index_of = {run.stack.stems[i]: i for i in indices}
     masks: list[np.ndarray | None] = [None] * n
-    for step, i in enumerate(indices, start=1):
-        masks[i] = combine(run.pseudo_mask(i), predict(model, _rgb(run.stack, i),
-                                                       config.predict_size), config.output)
-        yield Progress("denoise predict", step, len(indices), run.stack.stems[i])
+
+    def keep(stem: str, mask: np.ndarray) -> None:
+        masks[index_of[stem]] = mask
+
+    yield from denoise_pairs(pairs, run.result.params.clusters, config, keep)
     return masks
 
 
-def _rgb(stack: ImageStack, index: int) -> np.ndarray:
+def stack_rgb(stack: ImageStack, index: int) -> np.ndarray:
+    """Stack image ``index`` as (H, W, 3) uint8 RGB."""
     return to_rgb_uint8(stack.images[index], name=stack.stems[index])
 
 
 def ground_truth(data: np.ndarray, is_labels: bool, rgb: bool, fmt: str,
                  layer_format: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """Decode a ground-truth layer to class ids.
+    """Decode a ground-truth layer to class ids (the rules of :mod:`napari_datus.evaluation`).
 
     Parameters
     ----------
@@ -216,30 +208,19 @@ def ground_truth(data: np.ndarray, is_labels: bool, rgb: bool, fmt: str,
 
     Returns
     -------
-    (N, H, W) int class ids (one image gets N = 1) and the class names
+    (N, H, W) int64 class ids, -1 = void (one image gets N = 1), and the class names
     """
+    spec = GroundTruthFormat(fmt)
     data = np.asarray(data)
     if is_labels:
-        codes = data if data.ndim == 3 else data[None]
-        if fmt == "index":
-            classes = codes.astype(np.int64)
-        elif layer_format != "suim8" and codes.max(initial=0) > 7:
-            raise DatusError(f"labels hold id {codes.max()}: not SUIM class codes 0..7;"
-                             " choose the index format")
-        else:
-            classes = codes if fmt == "suim8" else SUIM8_TO_SUIM6[codes]
+        classes = spec.decode_codes(data if data.ndim == 3 else data[None], layer_format,
+                                    name="ground-truth labels")
     else:
+        if fmt != "index" and not rgb:
+            raise DatusError("SUIM ground truth must be an RGB image layer of SUIM colours")
         stack = data if data.ndim == 3 + int(rgb) else data[None]
-        if fmt == "index":
-            classes = np.stack([decode_index(im, name="ground-truth image") for im in stack])
-        else:
-            if not rgb:
-                raise DatusError("SUIM ground truth must be an RGB image layer of SUIM colours")
-            classes = np.stack([decode_suim(im, fmt, name="ground-truth image") for im in stack])
-    if classes.min(initial=0) < 0:
-        raise DatusError("ground truth holds negative class ids")
-    n_classes = int(classes.max(initial=0)) + 1 if fmt == "index" else None
-    return classes, class_names(fmt, n_classes)
+        classes = np.stack([spec.decode(im, name="ground-truth image") for im in stack])
+    return classes, spec.names(int(classes.max(initial=VOID)) + 1)
 
 
 def class_rgba(fmt: str, n_classes: int) -> np.ndarray:
@@ -280,11 +261,11 @@ def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str]) -> dict[st
         masks["denoised"] = run.denoised
     metrics = {}
     for key, per_image in masks.items():
-        confusion = Confusion(run.result.params.clusters, len(names))
-        for mask, truth in zip(per_image, gt):
+        scorer = Scorer(run.result.params.clusters, classes=names)
+        for stem, mask, truth in zip(run.stack.stems, per_image, gt):
             if mask is not None:
-                confusion.add(mask, truth)
-        metrics[key] = evaluate(confusion, names)
+                scorer.add(stem, mask, truth)
+        metrics[key] = evaluate(scorer.confusion, names)
     return metrics
 
 
@@ -376,7 +357,7 @@ def segment_crop(run: WidgetRun, info: SegmentInfo) -> np.ndarray:
     (S, S, 3) uint8 with S the backbone's input size
     """
     r = run.result.results[run.position(info.index)]
-    resized = resize_image(_rgb(run.stack, info.index), run.result.params.resolution)
+    resized = resize_image(stack_rgb(run.stack, info.index), run.result.params.resolution)
     # A one-segment id map makes masked_crops yield exactly this component's crop.
     alone = (r.segments.components == info.component).astype(np.int32)
     crop = next(masked_crops(resized, alone, run.patch_size, run.input_size))

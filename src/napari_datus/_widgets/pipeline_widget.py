@@ -60,7 +60,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LIVE_DELAY_MS = 300
 # Settings a live re-run may change: with the feature cache they cost k-means (and, for
 # tau, the segment split and new components' embeddings), never the ViT or Louvain.
-LIVE_SETTINGS = ("clusters", "tau")
+LIVE_SETTINGS = Params.fields_of("segments", "clustering")
 
 
 @dataclass

@@ -14,6 +14,7 @@ Weights sources (``Backbone.weights_source``):
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +243,12 @@ def _reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
 
 
 def _read_state_dict(path: Path, net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Read a state dict and check it fits ``net``; every failure is one DatusError."""
+    """Read a state dict and check it fits ``net``; every failure is one DatusError line.
+
+    A DINOv2 checkpoint in Meta's layout (``mask_token``, ``pos_embed`` for a 518 px grid)
+    is converted by timm's own filter, which drops the mask token and resamples the
+    position embedding to ``net``'s grid.
+    """
     if not path.is_file():
         raise DatusError(f"weights file not found: {path}")
     try:
@@ -253,13 +259,16 @@ def _read_state_dict(path: Path, net: torch.nn.Module) -> dict[str, torch.Tensor
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DatusError(f"weights file {path} is corrupt or not a state dict: {exc}") from exc
+        raise DatusError(f"weights file {path} is corrupt or not a state dict:"
+                         f" {_load_failure(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DatusError(f"weights file {path} does not hold a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("head.")}
     expected = net.state_dict()
+    if _needs_timm_filter(state, expected):
+        state = _timm_filter(path, state, net)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -271,3 +280,46 @@ def _read_state_dict(path: Path, net: torch.nn.Module) -> dict[str, torch.Tensor
         )
         raise DatusError(f"weights file {path} does not fit model architecture: {detail}")
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why torch or safetensors could not read a file.
+
+    torch's own text spans many lines and advises ``weights_only=False``, which would run
+    whatever code the file holds.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        if "Unsupported global" in text:
+            return ("it holds Python objects that are not tensors; only plain state dicts"
+                    " are loaded")
+        detail = _first_line(text.partition("WeightsUnpickler error:")[2])
+        return f"not a PyTorch checkpoint ({detail})" if detail else "not a PyTorch checkpoint"
+    return _first_line(text) or exc.__class__.__name__
+
+
+def _first_line(text: str) -> str:
+    """The first non-blank line of ``text``, stripped ("" if none)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _needs_timm_filter(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
+    """True for a Meta-layout DINOv2 checkpoint or a position embedding of another grid."""
+    pos = state.get("pos_embed")
+    return "mask_token" in state or (pos is not None and "pos_embed" in expected
+                                     and pos.shape != expected["pos_embed"].shape)
+
+
+def _timm_filter(path: Path, state: dict[str, torch.Tensor],
+                 net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` through timm's ViT checkpoint filter (see :func:`_read_state_dict`)."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    if not isinstance(net, VisionTransformer):
+        return state  # the key and shape check reports what does not fit
+    try:
+        return checkpoint_filter_fn(state, net)
+    except Exception as exc:  # e.g. a position embedding that is not a square grid
+        reason = _first_line(str(exc)) or exc.__class__.__name__
+        raise DatusError(f"weights file {path} does not fit model architecture: cannot convert"
+                         f" it to the model's grid ({reason})") from exc

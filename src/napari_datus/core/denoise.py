@@ -4,9 +4,11 @@ A torchvision DeepLabV3 learns (image, initial pseudo mask) pairs with cross-ent
 ignores unlabelled pixels (255); masks dominated by one cluster are dropped from training.
 The trained model then labels every pixel of every image: the *de-noised masks*.
 
-Reproducibility: every epoch reseeds torch and draws its shuffling and augmentation from
-``(seed, epoch)``, so a run resumed from its checkpoint equals an uninterrupted one. Images
-and masks are loaded lazily, one batch at a time.
+Reproducibility: initial weights come from ``seed``, each step's dropout from
+``(seed, epoch, step)`` and each epoch's shuffling and augmentation from ``(seed, epoch)``,
+all through private generators or a forked global RNG (training may run in a napari worker
+thread), so a run resumed from its checkpoint equals an uninterrupted one. Images and masks
+are loaded lazily, one batch at a time.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from napari_datus.core.backbone import resolve_device
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.core.triton_guard import guard_triton
+from napari_datus.io.atomic import atomic_path
 
 BACKBONES = ("mobilenet_v3_large", "resnet50")
 CHECKPOINT_NAME = "last.pt"
@@ -157,8 +159,10 @@ def build_model(num_classes: int, config: DenoiseConfig) -> nn.Module:
     from torchvision.models import segmentation
 
     builder = getattr(segmentation, f"deeplabv3_{config.backbone}")
-    torch.manual_seed(config.seed)
-    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    # Built on the CPU from a private seed: the same weights whatever else uses torch's RNG.
+    with _private_rng(torch.device("cpu"), config.seed):
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
+                        aux_loss=False)
     if config.backbone_weights is not None:
         load_backbone_weights(model, config.backbone_weights, config.backbone)
     return model
@@ -300,11 +304,18 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return total / (target != UNLABELLED).sum().clamp(min=1)
 
 
-def training_key(config: DenoiseConfig, num_classes: int, names: Sequence[str]) -> str:
-    """Fingerprint of everything that shapes training; a checkpoint resumes only if it matches."""
+def training_key(config: DenoiseConfig, num_classes: int, pairs: Sequence[Pair]) -> str:
+    """Fingerprint of everything that shapes training, the masks' content included; a
+    checkpoint resumes only if it matches (a re-run with another seed or tau into the same
+    folder changes the masks, so it trains afresh)."""
     settings = {key: value for key, value in config.to_dict().items()
                 if key not in ("device", "predict_size", "output")}
-    blob = json.dumps({"config": settings, "classes": num_classes, "pairs": sorted(names)},
+    digest = hashlib.sha256()
+    for name, _, load_mask in sorted(pairs, key=lambda pair: pair[0]):
+        mask = np.ascontiguousarray(load_mask())
+        digest.update(f"{name}:{mask.shape}:".encode())
+        digest.update(mask.tobytes())
+    blob = json.dumps({"config": settings, "classes": num_classes, "masks": digest.hexdigest()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -342,7 +353,7 @@ def train_denoiser(
     model = build_model(num_classes, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    key = training_key(config, num_classes, [name for name, _, _ in kept])
+    key = training_key(config, num_classes, kept)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start = load_checkpoint(path, key, model, optimizer, device) if path else 0
 
@@ -350,7 +361,6 @@ def train_denoiser(
     batch_size = min(config.batch_size, len(kept))
     steps = len(kept) // batch_size
     for epoch in range(start, config.epochs):
-        torch.manual_seed(config.seed + epoch)
         dataset.set_epoch(epoch)
         shuffle = torch.Generator().manual_seed(config.seed + epoch)
         # drop_last keeps every batch at >= 2 items for BatchNorm; num_workers=0 for determinism.
@@ -361,11 +371,15 @@ def train_denoiser(
         began = time.perf_counter()
         for step, (images, targets) in enumerate(loader, start=1):
             set_lr(optimizer, config.lr, epoch * steps + step - 1, config.epochs * steps)
-            logits = model(images.to(device))["out"]
-            loss = masked_cross_entropy(logits, targets.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            # Dropout draws from torch's global RNG: seed it per step inside a fork, so the
+            # result depends on (seed, epoch, step) alone and other threads (napari's) keep
+            # their own random stream.
+            with _private_rng(device, config.seed, epoch, step):
+                logits = model(images.to(device))["out"]
+                loss = masked_cross_entropy(logits, targets.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             running += loss.item()
             yield TrainProgress(epoch + 1, config.epochs, step, steps, running / step,
                                 time.perf_counter() - began)
@@ -374,6 +388,15 @@ def train_denoiser(
         if path is not None:
             save_checkpoint(path, key, model, optimizer, epoch + 1)
     return model.eval()
+
+
+@contextmanager
+def _private_rng(device: torch.device, *seed: int) -> Iterator[None]:
+    """Seed torch's global RNG from ``seed`` for the block and restore it afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+        yield
 
 
 @torch.no_grad()
@@ -413,17 +436,11 @@ def save_checkpoint(path: Path, key: str, model: nn.Module,
              "optimizer": optimizer.state_dict()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".pt.tmp", dir=path.parent)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
     except OSError as exc:
         raise DatusError(f"cannot write checkpoints to {path.parent}:"
                          f" {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, key: str, model: nn.Module,

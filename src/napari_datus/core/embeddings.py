@@ -4,7 +4,8 @@ Variants (``--embedding``):
 
 ``crop-cls``
     The paper's: black out everything outside the segment on the resized image, crop
-    its tight box, resize to the backbone's input size, run the ViT, take the CLS token.
+    its tight box, resize to the backbone's input size, run the ViT, take the CLS token
+    (for a ViT without one, the model's own pooling of the patch tokens).
 ``pooled-tokens``
     The mean of the segment's final normed patch tokens from the first forward: no
     second forward per segment.
@@ -67,7 +68,8 @@ def masked_crops(image: torch.Tensor, segments: np.ndarray, patch_size: int,
 @torch.inference_mode()
 def crop_cls_embeddings(backbone: Backbone, image: torch.Tensor, segments: np.ndarray,
                         batch_size: int = 32) -> np.ndarray:
-    """The paper's segment embeddings: CLS token of each masked crop.
+    """The paper's segment embeddings: CLS token of each masked crop (see
+    :func:`image_vectors` for a ViT without one).
 
     Returns
     -------
@@ -79,8 +81,8 @@ def crop_cls_embeddings(backbone: Backbone, image: torch.Tensor, segments: np.nd
     def flush() -> None:
         x = normalize(torch.stack(batch).to(backbone.device))
         with autocast(backbone.device):
-            cls = backbone.model.forward_features(x)[:, 0]
-        out.append(cls.float().cpu().numpy())
+            vectors = image_vectors(backbone, backbone.model.forward_features(x))
+        out.append(vectors.float().cpu().numpy())
         batch.clear()
 
     for crop in masked_crops(image, segments, backbone.patch_size, backbone.input_size):
@@ -92,6 +94,28 @@ def crop_cls_embeddings(backbone: Backbone, image: torch.Tensor, segments: np.nd
     if not out:
         return np.zeros((0, backbone.embed_dim), dtype=np.float32)
     return l2_normalize(np.concatenate(out))
+
+
+def image_vectors(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
+    """One vector per image from ``forward_features`` output.
+
+    Parameters
+    ----------
+    tokens : (B, N, D) tensor
+        Prefix tokens, then patch tokens.
+
+    Returns
+    -------
+    (B, D) tensor: the CLS token; for a ViT without one, the model's own pooling
+    (``global_pool``, e.g. ``avg``: mean patch token then ``fc_norm``), or the mean patch
+    token where the model pools nothing.
+    """
+    model = backbone.model
+    if getattr(model, "cls_token", None) is not None:
+        return tokens[:, 0]
+    if getattr(model, "global_pool", "") and hasattr(model, "forward_head"):
+        return model.forward_head(tokens, pre_logits=True)
+    return tokens[:, backbone.num_prefix_tokens:].mean(dim=1)
 
 
 def pooled_token_embeddings(tokens: np.ndarray, segments: np.ndarray) -> np.ndarray:

@@ -39,10 +39,21 @@ def match_ground_truth(images: list[Path], gt_folder: str | Path) -> dict[str, P
     Returns
     -------
     dict stem -> ground-truth path (images without one are absent)
+
+    Raises
+    ------
+    DatusError
+        If the folder is missing or two ground-truth files share a stem.
     """
     gt_folder = Path(gt_folder)
     if not gt_folder.is_dir():
         raise DatusError(f"ground-truth folder not found: {gt_folder}")
-    by_stem = {p.stem: p for p in sorted(gt_folder.iterdir())
-               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    by_stem: dict[str, Path] = {}
+    for p in sorted(gt_folder.iterdir()):
+        if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or p.name.startswith("."):
+            continue
+        if p.stem in by_stem:
+            raise DatusError(f"two ground-truth files share the stem {p.stem!r}:"
+                             f" {by_stem[p.stem].name} and {p.name}; keep one")
+        by_stem[p.stem] = p
     return {img.stem: by_stem[img.stem] for img in images if img.stem in by_stem}

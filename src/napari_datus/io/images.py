@@ -9,43 +9,126 @@ Conversion rule (:func:`to_rgb_uint8`):
 * any other dtype (16-bit, 32-bit, floats outside ``[0, 1]``) is stretched linearly
   from its 0.5th-99.5th percentile (over all channels, so colours keep their balance)
   to 0..255 and clipped; a constant image becomes 0. NaNs count as 0.
+
+Every format has one pixel limit (:func:`max_pixels`), checked from the file header before
+any pixel is decoded, so a small file claiming a huge size cannot exhaust memory.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from napari_datus.core.errors import DatusError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 STRETCH_PERCENTILES = (0.5, 99.5)
+MAX_PIXELS_ENV = "DATUS_MAX_PIXELS"
+# Pillow's DecompressionBombError threshold (2 * Image.MAX_IMAGE_PIXELS by default).
+DEFAULT_MAX_PIXELS = 178_956_970
 
 
-def read_array(path: str | Path) -> np.ndarray:
-    """Decode an image file as stored (no conversion); TIFF through tifffile.
+def max_pixels() -> int:
+    """The most pixels one image may have: ``$DATUS_MAX_PIXELS``, else 178,956,970.
 
     Raises
     ------
     DatusError
-        If the file is missing, unreadable or not an image.
+        If the variable is set but is not a positive integer.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdecimal() or int(raw) < 1:
+        raise DatusError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive integer number of pixels")
+    return int(raw)
+
+
+def read_array(path: str | Path, *, max_pixels: int | None = None,
+               keep_palette: bool = False) -> np.ndarray:
+    """Decode an image file as stored (no conversion); TIFF through tifffile.
+
+    Parameters
+    ----------
+    path : image file
+    max_pixels : refuse images with more pixels; None uses :func:`max_pixels`
+    keep_palette : return a palette ("P"/"PA") image as its ``(H, W) uint8`` indices
+        (alpha dropped) instead of converting it to RGB(A); TIFF palettes are always indices
+
+    Returns
+    -------
+    (H, W), (H, W, c) or, for TIFF stacks, (N, H, W[, c]) array of the stored dtype
+
+    Raises
+    ------
+    DatusError
+        If the file is missing, unreadable, not an image or over the pixel limit.
     """
     path = Path(path)
     if not path.is_file():
         raise DatusError(f"image file not found: {path}")
+    limit = _pixel_limit(max_pixels)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as img:
-            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info
-                                  else "RGB")
-            return np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as exc:
-        raise DatusError(f"cannot read image {path}: {exc}") from exc
+            return _read_tiff(path, limit)
+        return _read_pillow(path, limit, keep_palette)
+    except DatusError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DatusError(f"{path} is too large to open (Pillow's own limit, which"
+                         f" {MAX_PIXELS_ENV} cannot raise): {exc}") from exc
+    except Exception as exc:
+        # Decoders fail on corrupt files with many exception types (fuzzing found
+        # SyntaxError, zlib.error, ZeroDivisionError, TypeError, IndexError and
+        # NotImplementedError besides OSError); each means this file cannot be read.
+        raise DatusError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from exc
+
+
+def _pixel_limit(override: int | None) -> int:
+    return max_pixels() if override is None else override
+
+
+def _read_pillow(path: Path, limit: int, keep_palette: bool) -> np.ndarray:
+    with warnings.catch_warnings():
+        # Pillow warns from half its error threshold; our own limit is checked below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)  # lazy: reads the header only
+    with img:
+        width, height = img.size
+        _check_pixels(path, (height, width), limit)
+        if keep_palette and img.mode in ("P", "PA"):
+            indices = np.asarray(img)
+            return indices if indices.ndim == 2 else indices[..., 0]
+        if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info
+                              else "RGB")
+        return np.asarray(img)
+
+
+def _read_tiff(path: Path, limit: int) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise DatusError(f"cannot read image {path}: the TIFF holds no image")
+        series = tif.series[0]  # what asarray() decodes
+        # A colour-sample axis (RGB(A)) is not counted, as Pillow does not count channels.
+        shape = [n for n, axis in zip(series.shape, series.axes) if not (axis == "S" and n <= 4)]
+        _check_pixels(path, tuple(shape), limit)
+        return np.asarray(tif.asarray())
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], limit: int) -> None:
+    """Refuse an image of array ``shape`` (H, W or N, H, W) with more than ``limit`` pixels."""
+    pixels = math.prod(shape)
+    if pixels > limit:
+        size = "x".join(str(n) for n in reversed(shape))  # width x height [x planes]
+        raise DatusError(f"{path} is {size} = {pixels:,} pixels, above the limit of"
+                         f" {limit:,} ({MAX_PIXELS_ENV})")
 
 
 def to_rgb_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -91,11 +174,11 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.round(np.clip((f - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB.
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as RGB (``max_pixels`` as in :func:`read_array`).
 
     Returns
     -------
     (H, W, 3) uint8
     """
-    return to_rgb_uint8(read_array(path), name=str(path))
+    return to_rgb_uint8(read_array(path, max_pixels=max_pixels), name=str(path))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import tifffile
 from PIL import Image
 
 from napari_datus.core.errors import DatusError
+from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_array
 
 GT_FORMATS = ("index", "suim6", "suim8")
@@ -169,19 +168,10 @@ def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp",
-                                   dir=path.parent)
-    except OSError as exc:
-        raise DatusError(f"cannot write to folder {path.parent}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DatusError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
+    except OSError as exc:
+        raise DatusError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def write_json_atomic(path: str | Path, text: str) -> Path:
