@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_datus import cli
+from napari_datus import cli, commands
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
 from napari_datus.io.weights import CONVERTED_SHA256
@@ -22,7 +22,7 @@ TINY_ARGS = ["--resolution", "64", "--clusters", "2", "--tau", "1", "--n-init", 
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_backbone):
     """`datus` with the tiny random ViT in place of a real download."""
-    monkeypatch.setattr(cli, "load_backbone", lambda *a, **k: tiny_backbone)
+    monkeypatch.setattr(commands, "load_backbone", lambda *a, **k: tiny_backbone)
 
 
 @pytest.fixture
@@ -189,8 +189,8 @@ def test_interrupt_exits_cleanly_without_partial_files(tiny_cli, folder, capsys,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    original = cli.write_grid_outputs
-    monkeypatch.setattr(cli, "write_grid_outputs", interrupted)
+    original = commands.write_grid_outputs
+    monkeypatch.setattr(commands, "write_grid_outputs", interrupted)
     out = folder / "out"
     code = cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS])
     assert code == 130 and "interrupted" in capsys.readouterr().err
@@ -316,7 +316,7 @@ def test_internal_errors_have_their_own_exit_status_and_debug_shows_them(
     def bug(*_args, **_kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cluster", bug)
+    monkeypatch.setattr(commands, "cluster", bug)
     out = folder / "out"
     code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)
     assert code == cli.EXIT_INTERNAL != cli.EXIT_ERROR
@@ -325,3 +325,16 @@ def test_internal_errors_have_their_own_exit_status_and_debug_shows_them(
     assert len(said) == 1
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS, "--debug"])
+
+
+def test_parsing_imports_no_torch_stack():
+    """`datus --help` and argument errors answer without importing torch (issue: 6 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_datus import cli; cli.build_parser().format_help();"
+            " heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn', 'dask')"
+            " if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -42,6 +42,7 @@ import torch
 
 from napari_datus import __version__
 from napari_datus.core.backbone import Backbone
+from napari_datus.core.choices import CACHE_ENV
 from napari_datus.core.features import PatchFeatures
 from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_image
@@ -49,7 +50,6 @@ from napari_datus.io.images import read_image
 if TYPE_CHECKING:
     from napari_datus.params import Params
 
-CACHE_ENV = "DATUS_CACHE_DIR"
 # Bump when a stage's output changes for the same inputs, to orphan old entries.
 CACHE_FORMAT = 1
 # Reading an entry that is truncated, not an npz or missing arrays raises one of these.

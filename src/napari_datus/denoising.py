@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from napari_datus.core.denoise import (
-    DenoiseConfig,
     Pair,
     TrainProgress,
     combine,
@@ -24,6 +23,7 @@ from napari_datus.core.denoise import (
     select_training_pairs,
     train_denoiser,
 )
+from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.pipeline import Progress
 
 

@@ -30,12 +30,16 @@ from typing import Any
 
 import psutil
 
-from napari_datus.core.backbone import default_model, default_weights
-from napari_datus.core.embeddings import EMBEDDINGS
+from napari_datus.core.choices import (
+    AFFINITIES,
+    EMBEDDING_NORMS,
+    EMBEDDINGS,
+    MAX_SEED,
+    PARTITIONS,
+    default_model,
+    default_weights,
+)
 from napari_datus.core.errors import DatusError
-from napari_datus.core.graph import AFFINITIES
-from napari_datus.core.partition import PARTITIONS
-from napari_datus.core.whitening import EMBEDDING_NORMS
 
 PARAM_STAGES = ("backbone", "features", "graph", "segments", "embedding", "clustering",
                 "runtime")
@@ -51,7 +55,6 @@ def _setting(default: Any = None, stage: str = "", factory: Any = None) -> Any:
 
 
 MAX_CLUSTERS = 254
-MAX_SEED = 2**32 - 1
 # Dense (N, N) float64 arrays the graph stages hold at once for N patches (similarities,
 # adjacency and their temporaries): the estimate behind check_graph_memory.
 GRAPH_ARRAYS = 4

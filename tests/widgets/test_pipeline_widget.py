@@ -175,6 +175,25 @@ def test_missing_or_corrupt_weights(qtbot, viewer, sample, pipeline, notificatio
     assert pipeline._backbones == {}
 
 
+def test_unreachable_hub_is_one_plain_message(qtbot, viewer, sample, pipeline, notifications,
+                                              monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from napari_datus.core.backbone import load_backbone
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    pipeline._backbone_factory = load_backbone
+    pipeline.model.setText("vit_small_patch8_224.dino")
+    pipeline.weights.setText("")
+    run_and_wait(qtbot, pipeline)
+
+    messages = errors(notifications)
+    assert any("cannot be reached" in m for m in messages), messages
+    assert not any("--" in m or "\n" in m for m in messages)
+    assert result_layers(viewer) == {}
+
+
 def test_denoising_adds_a_fully_labelled_layer(qtbot, viewer, pipeline, metrics, notifications):
     rng = np.random.default_rng(2)
     viewer.add_image(rng.integers(0, 255, (3, 64, 80, 3), dtype=np.uint8), rgb=True, name="d")

@@ -40,8 +40,8 @@ from napari_datus._widgets.model import (
     segment_crop,
 )
 from napari_datus._widgets.qt import ConfusionCanvas, LayerCombo, on_destroyed, set_image
+from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
-from napari_datus.io.masks import GT_FORMATS
 
 TABLE_COLUMNS = ("class", "IoU", "F1", "strict IoU", "clusters")
 BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}

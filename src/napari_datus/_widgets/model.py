@@ -15,7 +15,8 @@ from functools import partial
 import matplotlib
 import numpy as np
 
-from napari_datus.core.denoise import DenoiseConfig, TrainProgress
+from napari_datus.core.denoise import TrainProgress
+from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.embeddings import masked_crops
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import resize_image

@@ -47,8 +47,10 @@ from napari_datus._widgets.model import (
 )
 from napari_datus._widgets.qt import LayerCombo
 from napari_datus.cache import FeatureCache
-from napari_datus.core.backbone import Backbone, default_model, default_weights, load_backbone
-from napari_datus.core.denoise import DenoiseConfig, TrainProgress
+from napari_datus.core.backbone import Backbone, load_backbone
+from napari_datus.core.choices import default_model, default_weights
+from napari_datus.core.denoise import TrainProgress
+from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
 from napari_datus.pipeline import Params, Progress, array_sources, run
 

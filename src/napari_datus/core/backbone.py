@@ -22,10 +22,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from napari_datus.core.choices import DEFAULT_MODEL, default_model
 from napari_datus.core.errors import DatusError
 from napari_datus.core.triton_guard import guard_triton
 
-DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
 DEFAULT_INPUT_SIZE = 224
 HUB = "hub"
 HUB_TIMEOUT_S = 3.0
@@ -122,16 +122,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise DatusError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)
-
-
-def default_model() -> str:
-    """The model name from ``DATUS_MODEL``, else DINOv2 ViT-S/14."""
-    return os.environ.get("DATUS_MODEL") or DEFAULT_MODEL
-
-
-def default_weights() -> str | None:
-    """The local weights file from ``DATUS_WEIGHTS``, if set."""
-    return os.environ.get("DATUS_WEIGHTS") or None
 
 
 def load_backbone(

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_datus.core.backbone import Backbone
+from napari_datus.core.choices import EMBEDDINGS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import autocast, normalize
-
-EMBEDDINGS = ("crop-cls", "pooled-tokens")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

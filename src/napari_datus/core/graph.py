@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_datus.core.choices import AFFINITIES
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import PatchFeatures
 
-AFFINITIES = ("paper", "keys-nobias", "keys-centred", "weighted", "queries", "values", "tokens",
-              "tokens-knn", "keys-knn")
 KNN_SOURCES = {"tokens-knn": "tokens", "keys-knn": "keys-nobias"}
 
 

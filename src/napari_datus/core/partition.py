@@ -15,9 +15,9 @@ import networkx as nx
 import numpy as np
 from community import community_louvain
 
+from napari_datus.core.choices import PARTITIONS
 from napari_datus.core.errors import DatusError
 
-PARTITIONS = ("igraph", "python-louvain")
 # Above this fraction of node pairs joined, igraph builds the graph faster from the dense
 # matrix than from an edge list (measured: 20 ms for 1024 nodes either way at about 0.2).
 EDGE_LIST_MAX_DENSITY = 0.2

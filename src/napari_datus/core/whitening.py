@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_datus.core.choices import EMBEDDING_NORMS
 from napari_datus.core.embeddings import l2_normalize
 from napari_datus.core.errors import DatusError
-
-EMBEDDING_NORMS = ("l2", "standardise", "pca-whiten")
 
 
 def standardise(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

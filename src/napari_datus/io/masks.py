@@ -9,11 +9,11 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_array
 
-GT_FORMATS = ("index", "suim6", "suim8")
 SUIM8_NAMES = ["BW", "HD", "PF", "WR", "RO", "RI", "FV", "SR"]
 SUIM6_NAMES = ["HD", "RO", "FV", "RI", "WR", "BW+PF+SR"]
 # SUIM colour code (4R + 2G + B) -> paper's 6-class index.

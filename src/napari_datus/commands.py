@@ -1,0 +1,236 @@
+"""What ``datus run`` and ``datus denoise`` do, once :mod:`napari_datus.cli` has parsed them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from napari_datus.cache import FeatureCache, file_sources
+from napari_datus.core.backbone import load_backbone
+from napari_datus.core.denoise import TrainProgress
+from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.errors import DatusError
+from napari_datus.denoise_run import denoise_run, read_run
+from napari_datus.distributed import dask_client, segment_images
+from napari_datus.evaluation import GroundTruthFormat, Scorer
+from napari_datus.io.dataset import list_images, match_ground_truth
+from napari_datus.io.images import max_pixels
+from napari_datus.io.masks import class_colours
+from napari_datus.outputs import (
+    check_writable,
+    command_line,
+    package_versions,
+    run_folder,
+    write_colour_pseudo_mask,
+    write_grid_outputs,
+    write_json,
+    write_pseudo_mask,
+)
+from napari_datus.params import check_graph_memory
+from napari_datus.pipeline import (
+    Params,
+    Progress,
+    Skipped,
+    Timer,
+    cluster,
+    drive,
+    pseudo_mask,
+)
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    """Params from parsed ``datus run`` arguments."""
+    return Params(model=args.model, weights=args.weights, resolution=args.resolution,
+                  clusters=args.clusters, tau=args.tau, seed=args.seed, device=args.device,
+                  batch_size=args.batch_size, affinity=args.affinity, partition=args.partition,
+                  embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops,
+                  knn=args.knn, embedding_norm=args.embedding_norm,
+                  size_weighted=args.size_weighted, fill_noise=args.fill_noise)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (kept outside the progress bar)."""
+    tqdm.write(f"datus: warning: {message}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> dict:
+    """``datus run``: stages 1-6, every output file, run.json and metrics.json.
+
+    Returns
+    -------
+    The run.json content.
+    """
+    start = time.perf_counter()
+    # Every setting is checked before any work or any file is written.
+    params = params_from_args(args)
+    params.validate()
+    gt = GroundTruthFormat(args.gt_format, args.gt_ignore)
+    max_pixels()  # a bad DATUS_MAX_PIXELS stops here, not once per image
+    if args.denoise:
+        denoise_config(args).validate()
+    out: Path = args.out
+    files = list_images(args.images)
+    gt_files = match_ground_truth(files, args.gt) if args.gt else {}
+    check_writable(out)
+    backbone = load_backbone(params.model, params.weights, params.device)
+    check_graph_memory(params, backbone.patch_size)
+    timer = Timer()
+    sources = file_sources(files)
+    cache = FeatureCache(enabled=not args.no_cache)
+    with run_folder(out) as run_id:
+        with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
+                dask_client(args.dask_scheduler, args.dask_local) as client:
+            def write_grids(event: Progress) -> None:
+                if event.result is not None:
+                    r = event.result
+                    with timer("write"):
+                        write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
+                bar.update(1)
+
+            results, skipped = drive(segment_images(sources, len(files), backbone, params,
+                                                    timer, cache, client), write_grids)
+        for s in skipped:
+            warn(f"skipped {s.file}: {s.reason}")
+        if not results:
+            raise DatusError("no image could be processed")
+        with timer("kmeans"):
+            clusters = cluster(results, params)
+        metrics_inputs = _write_masks(out, results, clusters, gt_files, gt, args, timer,
+                                      skipped, run_id)
+        run_info = {
+            "run_id": run_id,
+            "command": command_line(),
+            "params": {**params.to_dict(), **backbone.provenance()},
+            "device": str(backbone.device),
+            "versions": package_versions(),
+            "timings": timer.seconds,
+            "cache": str(cache.root) if cache.enabled else None,
+            "seconds_total": time.perf_counter() - start,
+            "segments": _segment_counts(results),
+            "images": [r.stem for r in results],
+            "skipped": [vars(s) for s in skipped],
+            "inputs": {f.stem: {"image": str(f.resolve()),
+                                "gt": (str(gt_files[f.stem].resolve()) if f.stem in gt_files
+                                       else None)}
+                       for f in files},
+            "gt": metrics_inputs,
+        }
+        # Last: run.json marks the folder as a complete run.
+        write_json(out / "run.json", run_info)
+    if args.denoise:
+        denoise_command(args)
+    print(summary(run_info, out))
+    return run_info
+
+
+def summary(run_info: dict, out: Path) -> str:
+    """The lines ``datus run`` ends with: images, segments, weights, mIoU, outputs."""
+    counts = run_info["segments"]
+    params = run_info["params"]
+    lines = [
+        f"datus: {len(run_info['images'])} images segmented, {counts['valid']} valid and"
+        f" {counts['noise']} noise segments ({counts['valid_fraction']:.0%} valid)"
+        + (f"; {len(run_info['skipped'])} files skipped (see run.json)"
+           if run_info["skipped"] else ""),
+        f"  weights: {params['weights_source']}"
+        + (f" {params['weights_file']} (sha256 {params['weights_sha256'][:12]})"
+           if params.get("weights_file") else f" {params['model']}"),
+    ]
+    metrics_file = out / "metrics.json"
+    if run_info.get("gt") and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        initial = metrics["initial"]
+        lines.append(f"  mIoU {initial['miou']:.3f}, pixel accuracy"
+                     f" {initial['pixel_accuracy']:.3f}, coverage {initial['coverage']:.3f}"
+                     f" on {len(metrics['images'])} images with ground truth")
+    lines.append(f"  outputs: {out.resolve()} (run.json, pseudo_masks/, segments/,"
+                 " partitions/" + (", metrics.json" if metrics_file.is_file() else "") + ")")
+    return "\n".join(lines)
+
+
+def denoise_config(args: argparse.Namespace) -> DenoiseConfig:
+    """DenoiseConfig from parsed ``datus run --denoise`` / ``datus denoise`` arguments."""
+    return DenoiseConfig(backbone=args.denoise_backbone, epochs=args.denoise_epochs,
+                         dominance=args.denoise_dominance, seed=args.seed, device=args.device,
+                         backbone_weights=args.denoise_backbone_weights,
+                         output=args.denoise_output)
+
+
+def denoise_command(args: argparse.Namespace) -> None:
+    """``datus denoise OUT_DIR``: train the de-noiser on a run's pseudo masks, write denoised/."""
+    config = denoise_config(args)
+    config.validate()
+    read_run(args.out)  # a folder that is not a complete run is refused before any output
+    with tqdm(desc="denoise", unit="step", file=sys.stderr) as bar:
+        result = denoise_run(args.out, config, partial(_show_denoise_progress, bar))
+    if result.dropped:
+        warn(f"{len(result.dropped)} pseudo masks dominated by one cluster were left out of"
+             " de-noising training")
+
+
+def _show_denoise_progress(bar: tqdm, event) -> None:
+    """Training: step bar with epoch and loss; prediction: image count."""
+    if isinstance(event, TrainProgress):
+        bar.total = event.epochs * event.steps
+        bar.n = (event.epoch - 1) * event.steps + event.step
+        bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+    else:
+        bar.set_description_str("denoise predict")
+        bar.total, bar.n = event.total, event.index
+        bar.set_postfix_str(event.stem)
+    bar.refresh()
+
+
+def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
+                 gt: GroundTruthFormat, args: argparse.Namespace, timer: Timer,
+                 skipped: list[Skipped], run_id: str) -> dict | None:
+    """Write pseudo masks, score them against the ground truth, write metrics.json."""
+    scorer = Scorer(args.clusters, gt)
+    for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
+                     file=sys.stderr):
+        mask = pseudo_mask(r, c, args.fill_noise)
+        with timer("write"):
+            write_pseudo_mask(out, r.stem, mask)
+        if r.stem not in gt_files:
+            if args.gt:
+                skipped.append(Skipped(r.stem, "no ground-truth file: left out of the metrics"))
+            continue
+        with timer("read"):
+            reason = scorer.add_file(r.stem, mask, gt_files[r.stem])
+        if reason is not None:
+            skipped.append(Skipped(str(gt_files[r.stem]), reason))
+            warn(reason)
+    if not args.gt:
+        return None
+    metrics = scorer.result()
+    if metrics is None:
+        warn("no image had usable ground truth: metrics.json not written")
+        return None
+    write_json(out / "metrics.json", {"run_id": run_id, "classes": scorer.names,
+                                      "images": scorer.images, "initial": metrics})
+    colours = class_colours(args.gt_format)
+    if colours is not None:
+        for r, c in zip(results, clusters):
+            with timer("write"):
+                write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c, args.fill_noise),
+                                         metrics["mapping"], colours)
+    return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,
+            "classes": scorer.names, "dir": str(args.gt)}
+
+
+def _segment_counts(results) -> dict[str, float]:
+    valid = sum(r.segments.n_valid for r in results)
+    noise = sum(r.segments.n_noise for r in results)
+    return {"valid": valid, "noise": noise,
+            "valid_fraction": valid / (valid + noise) if valid + noise else 0.0,
+            "per_image_valid_mean": float(np.mean([r.segments.n_valid for r in results]))}
+
+
+COMMANDS = {"run": run_command, "denoise": denoise_command}
