@@ -1,9 +1,16 @@
-"""npe2 reader: open SUIM colour masks (PNG, BMP) as a Labels layer named by class.
+"""npe2 reader: DatUS run folders, their mask PNGs, and SUIM colour masks.
 
-The layer holds the SUIM colour code (``suim8``: 0 BW ... 7 SUIM SR), drawn in the SUIM
-colours, with the class names as layer features so napari's status bar shows them.
-Files that are not SUIM colour masks are declined (the reader returns None), so napari
-falls back to its own image reader.
+* A run folder (``datus run`` output, a napari run's ``out`` folder or an export: a folder
+  with ``run.json``) opens as an Image layer ``"<image>"`` per image with its stage layers
+  ``"<image> pseudo mask"`` etc. (:func:`napari_datus.saved_run.run_layers`).
+* A PNG in a run's ``pseudo_masks/`` or ``denoised/`` opens as Labels, cluster ``c`` as
+  ``c + 1`` (0 = unlabelled), like the pipeline widget's layers.
+* A SUIM colour mask (PNG, BMP) opens as a Labels layer named by class. The layer holds
+  the SUIM colour code (``suim8``: 0 BW ... 7 SUIM SR), drawn in the SUIM colours, with the
+  class names as layer features so napari's status bar shows them.
+
+Anything else is declined (the reader returns None), so napari falls back to its own
+readers.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import numpy as np
 from napari_datus.core.errors import DatusError
 from napari_datus.io.images import read_array
 from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim
+from napari_datus.saved_run import is_run_folder, is_run_mask, mask_layer, run_layers
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 SUFFIXES = (".png", ".bmp")
@@ -53,8 +61,12 @@ def read_suim_masks(paths: Sequence[str | Path]) -> np.ndarray:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return a reader when every path is a SUIM colour mask, else None."""
+    """Return a reader for a run folder, a run's mask PNGs or SUIM colour masks, else None."""
     paths = [path] if isinstance(path, str) else list(path)
+    if paths and all(is_run_folder(p) for p in paths):
+        return _read_with(lambda: [layer for p in paths for layer in run_layers(p)])
+    if paths and all(is_run_mask(p) for p in paths):
+        return _read_with(lambda: [mask_layer(p) for p in paths])
     if not paths or any(Path(p).suffix.lower() not in SUFFIXES for p in paths):
         return None
     try:
@@ -67,3 +79,13 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         return [(codes, suim_labels_kwargs(name), "labels")]
 
     return reader
+
+
+def _read_with(read: Callable[[], list[LayerData]]) -> Callable[[Any], list[LayerData]] | None:
+    """A reader returning ``read()``'s layers, or None (napari tries other readers) when the
+    files turn out unreadable."""
+    try:
+        layers = read()
+    except DatusError:
+        return None
+    return lambda _path: layers

@@ -122,6 +122,37 @@ def test_segment_qa_and_reassign(qtbot, viewer, sample, pipeline, metrics, notif
     assert errors(notifications) == []
 
 
+def test_reassign_keeps_painting_can_be_undone_and_metrics_follow_edits(
+        qtbot, viewer, sample, pipeline, metrics):
+    _image, gt = sample
+    run, _shown = scored(qtbot, viewer, pipeline, metrics)
+    layer = viewer.layers["suim pseudo mask"]
+    segments = viewer.layers["suim segments"]
+    index, row, col = 1, *np.argwhere(segments.data[1] > 0)[0]
+    segment = int(segments.data[index, row, col])
+    pixels = segments.data[index] == segment
+    painted = np.zeros_like(pixels)
+    painted[~pixels] = True
+    painted[:, 100:] = False
+    painted[20:, :] = False  # a painted patch outside the segment
+    layer.data[index][painted] = 1
+    before = layer.data.copy()
+    viewer.layers.selection.active = segments
+    click(viewer, metrics, (index, row, col))
+    new = (metrics._selected[1].cluster + 1) % 3
+    metrics.new_cluster.setValue(new)
+    metrics.reassign_button.click()
+    assert np.all(layer.data[index][pixels] == new + 1)
+    assert np.all(layer.data[index][painted] == 1)  # the painting is still there
+    edited = [np.where(m == 0, 255, m.astype(int) - 1).astype(np.uint8) for m in layer.data]
+    expected = Confusion(3, len(SUIM6_NAMES))
+    for mask, truth in zip(edited, SUIM8_TO_SUIM6[gt.data]):
+        expected.add(mask, truth)
+    assert metrics.current_run().metrics["initial"] == evaluate(expected, SUIM6_NAMES)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+
 def test_a_rerun_clears_the_inspected_segment(qtbot, viewer, sample, pipeline, metrics):
     run, _shown = scored(qtbot, viewer, pipeline, metrics)
     segments = viewer.layers["suim segments"]

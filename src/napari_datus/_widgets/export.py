@@ -14,10 +14,10 @@ from pathlib import Path
 import napari
 import numpy as np
 
+from napari_datus._widgets.edits import layer_edits
 from napari_datus._widgets.layers import run_of
-from napari_datus._widgets.model import DENOISED, WidgetRun, stack_rgb
+from napari_datus._widgets.model import DENOISED, WidgetRun, stack_rgb, to_file_labels
 from napari_datus.core.errors import DatusError
-from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.io.masks import class_colours, write_colour_mask, write_json_atomic
 from napari_datus.outputs import (
     DENOISED_DIR,
@@ -33,11 +33,6 @@ from napari_datus.outputs import (
     write_json,
     write_pseudo_mask,
 )
-
-
-def from_layer_labels(labels: np.ndarray) -> np.ndarray:
-    """Cluster layer (0 unlabelled, ``c + 1``) to file convention (255 unlabelled, ``c``)."""
-    return np.where(labels == 0, UNLABELLED, labels.astype(np.int64) - 1).astype(np.uint8)
 
 
 def export_run(viewer: napari.Viewer, run: WidgetRun, out: Path, index: bool = True,
@@ -75,9 +70,11 @@ def export_run(viewer: napari.Viewer, run: WidgetRun, out: Path, index: bool = T
                 "run_id": run_id, "classes": run.class_names, "images": _evaluated(run),
                 **run.metrics}))
             written.append(write_json_atomic(out / "metrics.csv", metrics_csv(run)))
+        edits = {run.stack.stems[i]: {"pixels": edit.pixels}
+                 for i, edit in layer_edits(viewer, run).items()}
         # Last: run.json marks the folder as a complete run.
         written.append(write_json(out / "run.json", {"run_id": run_id, **_run_json(run),
-                                                     "inputs": inputs}))
+                                                     "inputs": inputs, "edits": edits}))
     return written
 
 
@@ -88,7 +85,7 @@ def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray], index
     for i, stem in enumerate(run.stack.stems):
         if run.position(i) is None:
             continue
-        pseudo = from_layer_labels(layers["pseudo mask"][i])
+        pseudo = to_file_labels(layers["pseudo mask"][i])
         if index:
             partitions = np.maximum(layers["partitions"][i].astype(np.int32) - 1, 0)
             segments = layers["segments"][i].astype(np.int32)
@@ -97,7 +94,7 @@ def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray], index
             written += [out / PARTITIONS_DIR / f"{stem}.png", out / SEGMENTS_DIR / f"{stem}.png"]
             written.append(write_pseudo_mask(out, stem, pseudo))
             if DENOISED in layers:
-                written.append(write_pseudo_mask(out, stem, from_layer_labels(
+                written.append(write_pseudo_mask(out, stem, to_file_labels(
                     layers[DENOISED][i]), folder=DENOISED_DIR))
         if colour:
             written.append(write_colour_pseudo_mask(

@@ -38,6 +38,8 @@ from napari_datus._widgets.model import (
     reassign,
     segment_at,
     segment_crop,
+    segment_pixels,
+    to_file_labels,
 )
 from napari_datus._widgets.qt import ConfusionCanvas, LayerCombo, on_destroyed, set_image
 from napari_datus.core.choices import GT_FORMATS
@@ -166,7 +168,7 @@ class MetricsWidget(QWidget):
             gt, names = ground_truth(layer.data, isinstance(layer, Labels),
                                      bool(getattr(layer, "rgb", False)), fmt,
                                      layer.metadata.get("gt_format"))
-            metrics = compute_metrics(run, gt, names)
+            metrics = compute_metrics(run, gt, names, self._edited_masks(run))
         except DatusError as exc:
             show_error(str(exc))
             return None
@@ -240,22 +242,37 @@ class MetricsWidget(QWidget):
         run, info = self._selected
         cluster = self.new_cluster.value()
         try:
-            mask = reassign(run, info.index, info.segment, cluster)
+            reassign(run, info.index, info.segment, cluster)
         except DatusError as exc:
             show_error(str(exc))
             return
         name = run.layer_name("pseudo mask")
         if name in self.viewer.layers and run_of(self.viewer.layers[name]) is run:
             layer = self.viewer.layers[name]
-            layer.data[info.index if run.stack.is_stack else ...] = mask
-            layer.refresh()
+            # Only the segment's pixels, through napari's edit history: painting elsewhere
+            # stays, and Ctrl+Z undoes the reassignment.
+            where = np.nonzero(segment_pixels(run, info.index, info.segment))
+            if run.stack.is_stack:
+                where = (np.full(len(where[0]), info.index), *where)
+            layer.data_setitem(where, cluster + 1)
         if run.gt is not None:
-            run.metrics = compute_metrics(run, run.gt, run.class_names)
+            run.metrics = compute_metrics(run, run.gt, run.class_names,
+                                          self._edited_masks(run))
             paint_clusters(self.viewer, run)
             if run is self.current_run():
                 self._show(run)
         self._selected = (run, replace(info, cluster=cluster))
         self.segment_info.setText(self._describe(run, self._selected[1]))
+
+    def _edited_masks(self, run: WidgetRun) -> list[np.ndarray] | None:
+        """The run's pseudo masks as the layer holds them (edits included), file convention."""
+        name = run.layer_name("pseudo mask")
+        if name not in self.viewer.layers or run_of(self.viewer.layers[name]) is not run:
+            return None
+        data = np.asarray(self.viewer.layers[name].data)
+        stack = data if run.stack.is_stack else data[None]
+        return [to_file_labels(labels) if run.position(i) is not None else None
+                for i, labels in enumerate(stack)]
 
     @staticmethod
     def _describe(run: WidgetRun, info: SegmentInfo) -> str:

@@ -97,6 +97,7 @@ class WidgetRun:
     gt_format : its format (``index``, ``suim6``, ``suim8``)
     class_names : its classes
     weights : the backbone's :meth:`~napari_datus.core.backbone.Backbone.provenance`
+    pristine : the pseudo-mask layer's labels as computed, before any edit
     """
 
     image_name: str
@@ -106,6 +107,7 @@ class WidgetRun:
     input_size: int
     denoised: list[np.ndarray | None] | None = None
     weights: dict[str, str | None] = field(default_factory=dict)
+    pristine: np.ndarray | None = None
     metrics: dict[str, dict] = field(default_factory=dict)
     gt: np.ndarray | None = None
     gt_format: str = "index"
@@ -130,6 +132,11 @@ class WidgetRun:
 def to_layer_labels(mask: np.ndarray) -> np.ndarray:
     """Pseudo mask file convention (255 unlabelled) to layer convention (0 unlabelled, c + 1)."""
     return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint8)
+
+
+def to_file_labels(labels: np.ndarray) -> np.ndarray:
+    """Layer convention (0 unlabelled, ``c + 1``) back to file convention (255, ``c``)."""
+    return np.where(labels == 0, UNLABELLED, labels.astype(np.int64) - 1).astype(np.uint8)
 
 
 def layer_arrays(run: WidgetRun) -> dict[str, np.ndarray]:
@@ -235,13 +242,16 @@ def class_rgba(fmt: str, n_classes: int) -> np.ndarray:
     return np.hstack([rgb, np.ones((len(rgb), 1))])
 
 
-def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str]) -> dict[str, dict]:
+def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str],
+                    initial: list[np.ndarray | None] | None = None) -> dict[str, dict]:
     """Initial (and de-noised) masks against ground truth, via the core's Confusion and evaluate.
 
     Parameters
     ----------
     gt : (N, H, W) int class ids, the image stack's shape
     names : class names (C of them)
+    initial : per stack image, the (H, W) uint8 pseudo mask as the user edited it (None for
+        a skipped image); default: the computed masks
 
     Returns
     -------
@@ -257,7 +267,8 @@ def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str]) -> dict[st
         raise DatusError(f"ground truth has shape {gt.shape} but the image stack"
                          f" {run.image_name!r} has {run.stack.shape} (N, H, W); ground truth"
                          " is never resized")
-    masks = {"initial": [run.pseudo_mask(i) for i in range(run.stack.shape[0])]}
+    masks = {"initial": initial if initial is not None
+             else [run.pseudo_mask(i) for i in range(run.stack.shape[0])]}
     if run.denoised is not None:
         masks["denoised"] = run.denoised
     metrics = {}
@@ -363,6 +374,12 @@ def segment_crop(run: WidgetRun, info: SegmentInfo) -> np.ndarray:
     alone = (r.segments.components == info.component).astype(np.int32)
     crop = next(masked_crops(resized, alone, run.patch_size, run.input_size))
     return (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def segment_pixels(run: WidgetRun, index: int, segment: int) -> np.ndarray:
+    """(H, W) bool: the pixels of valid segment ``segment`` of stack image ``index``."""
+    r = run.result.results[run.position(index)]
+    return upsample_nearest(r.segments.valid == segment, run.stack.shape[1:])
 
 
 def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarray:

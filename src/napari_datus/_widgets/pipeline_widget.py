@@ -35,7 +35,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_datus._widgets.edits import Edit, ask_keep_edits, layer_edits, with_edits
 from napari_datus._widgets.export import export_run
+from napari_datus._widgets.folder_controller import FolderController
+from napari_datus._widgets.folder_panel import FolderPanel
+from napari_datus._widgets.folder_run import FolderRun
 from napari_datus._widgets.layers import add_result_layers, run_of
 from napari_datus._widgets.model import (
     ImageStack,
@@ -87,6 +91,8 @@ class PipelineWidget(QWidget):
         self._worker = None
         self._progress: progress | None = None
         self._live_pending = False
+        # Edits of the replaced run the user chose to keep: stack index -> Edit.
+        self._kept_edits: dict[int, Edit] = {}
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
@@ -140,6 +146,8 @@ class PipelineWidget(QWidget):
         form.addRow(self.live)
         form.addRow(self.denoise)
         form.addRow("epochs", self.epochs)
+        self.folder_panel = FolderPanel()
+        self.folders = FolderController(self.viewer, self.folder_panel)
 
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
@@ -154,6 +162,7 @@ class PipelineWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.folder_panel)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addWidget(self._export_box())
@@ -207,33 +216,67 @@ class PipelineWidget(QWidget):
     # ---- running ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Start the pipeline on the chosen image layer in a worker thread."""
+        """Start the pipeline on the folder, or else the chosen image layer, in a worker."""
         if self._worker is not None:
             return
+        folder = self.folder_panel.folder_path()
         layer = self.image.layer()
         try:
-            stack = _stack_of(layer)
             params = self.params()
             params.validate()
             config = self.denoise_config()
             if config is not None:
                 config.validate()
+            if folder is not None:
+                files = self.folders.files(folder)
+            else:
+                stack = _stack_of(layer)
         except DatusError as exc:
             show_error(str(exc))
             return
+        keep = self._edits_to_keep()
+        if keep is None:
+            return
+        if folder is not None:
+            if config is not None:
+                show_info("de-noising runs on image layers; for a folder use datus denoise"
+                          " on the saved run")
+            kept = self.folders.run.edits if keep and self.folders.run is not None else {}
+            work = partial(_reported, partial(self.folders.work, folder, files, params,
+                                              self.folder_panel.out_path(),
+                                              self._load_backbone, self._cache, kept))
+            self._start(work, self._on_folder_returned, len(files))
+            return
         # The run this one replaces, read here because layers belong to the main thread.
         scored = self.current_run()
-        worker = thread_worker(self._work, start_thread=False)(layer.name, stack, params, config,
-                                                               scored)
+        self._kept_edits = layer_edits(self.viewer, scored) if keep else {}
+        work = partial(self._work, layer.name, stack, params, config, scored)
+        self._start(work, partial(self._on_returned, layer), stack.shape[0])
+
+    def _start(self, work: Callable, returned: Callable, total: int) -> None:
+        worker = thread_worker(work, start_thread=False)()
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_returned, layer))
+        worker.returned.connect(returned)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        self._progress = progress(total=stack.shape[0], desc="DatUS")
+        self._progress = progress(total=total, desc="DatUS")
         self._set_running(True)
         self.status.setText("starting…")
         worker.start()
+
+    def _edits_to_keep(self) -> bool | None:
+        """Whether a new run keeps the user's edits of the current one: asks when there are
+        any; None when the user cancels."""
+        pixels = self.folders.keep_edits() if self.folder_panel.folder_path() else sum(
+            edit.pixels for edit in layer_edits(self.viewer, self.current_run()).values())
+        if not pixels:
+            return False
+        return self._ask_about_edits(pixels)
+
+    def _ask_about_edits(self, pixels: int) -> bool | None:
+        """Keep (True), discard (False) or cancel (None), asked in a dialog."""
+        return ask_keep_edits(self, pixels)
 
     def _schedule_live_rerun(self) -> None:
         """Restart the debounce timer when K or tau changes and a live re-run is due."""
@@ -245,6 +288,10 @@ class PipelineWidget(QWidget):
         only in K or tau (so the re-run is cheap), with live re-runs on and de-noising off."""
         previous = self.current_run()
         if not self.live.isChecked() or self.denoise.isChecked() or previous is None:
+            return False
+        if layer_edits(self.viewer, previous):
+            self.status.setText("the pseudo mask has edits: press Run to re-run with the new"
+                                " settings (you will be asked whether to keep them)")
             return False
         old, new = previous.result.params, self.params()
         others_kept = old == replace(new, **{name: getattr(old, name) for name in LIVE_SETTINGS})
@@ -316,12 +363,28 @@ class PipelineWidget(QWidget):
             show_error(out.message)
             return
         widget_run, arrays = out
+        widget_run.pristine = arrays["pseudo mask"].copy()
+        arrays["pseudo mask"] = with_edits(arrays["pseudo mask"], self._kept_edits,
+                                            widget_run.result.params.clusters)
         add_result_layers(self.viewer, widget_run, arrays, image)
         counts = widget_run.result.segment_counts()
         self.status.setText(f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid"
                             f" and {counts['noise']} noise segments"
                             f" ({counts['valid_fraction']:.0%} valid)")
         for skipped in widget_run.result.skipped:
+            show_warning(f"skipped {skipped.file}: {skipped.reason}")
+
+    def _on_folder_returned(self, out: FolderRun | RunFailed) -> None:
+        if isinstance(out, RunFailed):
+            self.status.setText("failed")
+            show_error(out.message)
+            return
+        self.folders.show(out)
+        counts = out.result.segment_counts()
+        saved = f"; saved in {out.out}" if out.out is not None else ""
+        self.status.setText(f"done: {len(out)} image(s) of {out.folder.name}, {counts['valid']}"
+                            f" valid and {counts['noise']} noise segments{saved}")
+        for skipped in out.result.skipped:
             show_warning(f"skipped {skipped.file}: {skipped.reason}")
 
     def _on_aborted(self) -> None:
@@ -362,9 +425,12 @@ class PipelineWidget(QWidget):
             show_error("nothing to export: run the pipeline on the chosen image first")
             return []
         try:
-            written = export_run(self.viewer, widget_run, Path(folder),
-                                 index=self.export_index.isChecked(),
-                                 colour=self.export_colour.isChecked())
+            if self.folders.shows(widget_run):
+                written = [self.folders.save(Path(folder))]
+            else:
+                written = export_run(self.viewer, widget_run, Path(folder),
+                                     index=self.export_index.isChecked(),
+                                     colour=self.export_colour.isChecked())
         except DatusError as exc:
             show_error(str(exc))
             return []
@@ -378,6 +444,14 @@ class PipelineWidget(QWidget):
 
     def _open_metrics(self) -> None:
         self.viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
+
+
+def _reported(work: Callable[[], Generator]) -> Generator[Event, None, object]:
+    """Run a worker job; a DatusError becomes a RunFailed, shown without a traceback."""
+    try:
+        return (yield from work())
+    except DatusError as exc:
+        return RunFailed(str(exc))
 
 
 def _stack_of(layer: Layer | None) -> ImageStack:

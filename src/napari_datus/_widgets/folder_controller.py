@@ -1,0 +1,138 @@
+"""Runs over a folder of images for the "DatUS pipeline" dock: the worker's job, showing one
+image at a time, stepping, keeping and saving the user's edits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import napari
+import numpy as np
+from napari.utils.notifications import show_info
+
+from napari_datus._widgets.folder_panel import FolderPanel
+from napari_datus._widgets.folder_run import Edit, FolderRun
+from napari_datus._widgets.layers import show_folder_image
+from napari_datus._widgets.model import WidgetRun, to_file_labels
+from napari_datus.cache import FeatureCache, file_sources
+from napari_datus.core.backbone import Backbone
+from napari_datus.io.dataset import list_images
+from napari_datus.params import Params
+from napari_datus.pipeline import Progress, run
+from napari_datus.saved_run import save_edits, save_run
+
+BackboneLoader = Callable[[Params, int], Generator[Progress, None, Backbone]]
+
+
+class FolderController:
+    """The folder run shown in a viewer, and the jobs that make and save it."""
+
+    def __init__(self, viewer: napari.Viewer, panel: FolderPanel) -> None:
+        self.viewer = viewer
+        self.panel = panel
+        self.run: FolderRun | None = None
+        panel.step.connect(self.step)
+
+    @staticmethod
+    def files(folder: Path) -> list[Path]:
+        """The folder's images (DatusError when there are none)."""
+        return list_images(folder)
+
+    def work(self, folder: Path, files: list[Path], params: Params, out: Path | None,
+             load_backbone: BackboneLoader, cache: FeatureCache,
+             kept: dict[str, Edit]) -> Generator[Progress, None, FolderRun]:
+        """Worker thread: every stage over the folder, one k-means, then the saved run.
+
+        ``kept`` are edits of an earlier run of the folder that the user chose to keep; an
+        edit whose image changed size, or whose labels name clusters beyond this run's K,
+        is dropped with a notification.
+        """
+        backbone = yield from load_backbone(params, len(files))
+        result = yield from run(file_sources(files), len(files), params, backbone, cache)
+        folder_run = FolderRun(folder, {f.stem: f for f in files}, result, backbone.patch_size,
+                               backbone.input_size, weights=backbone.provenance(), out=out)
+        folder_run.edits = _compatible(folder_run, kept)
+        if out is not None:
+            yield Progress("saving", 0, 1)
+            save_run(out, result, folder_run.files, folder_run.weights,
+                     folder_run.edited_masks())
+        return folder_run
+
+    def show(self, folder_run: FolderRun, index: int = 0) -> None:
+        """Show a new folder run from image ``index``, in place of the one shown."""
+        shown = self._shown_stem()
+        self.run = folder_run
+        self._show(index, shown)
+
+    def step(self, delta: int) -> None:
+        """Keep the edits of the image on screen, then show the previous or next image."""
+        if self.run is None:
+            return
+        index = self.run.index + delta
+        if 0 <= index < len(self.run):
+            self.keep_edits()
+            self._show(index, self._shown_stem())
+
+    def keep_edits(self) -> int:
+        """Record the on-screen image's edits (and save them with the run); returns the edited
+        pixels of the whole folder run."""
+        folder_run = self.run
+        if folder_run is None:
+            return 0
+        index = folder_run.index
+        name = f"{folder_run.stem(index)} pseudo mask"
+        if name in self.viewer.layers:
+            labels = np.asarray(self.viewer.layers[name].data)
+            folder_run.record_edit(index, labels)
+            if folder_run.out is not None:
+                save_edits(folder_run.out, {folder_run.stem(index): to_file_labels(labels)},
+                           {stem: edit.pixels for stem, edit in folder_run.edits.items()})
+        return sum(edit.pixels for edit in folder_run.edits.values())
+
+    def shows(self, run: WidgetRun) -> bool:
+        """True when ``run`` is the view of the folder run's image on screen."""
+        folder_run = self.run
+        return (folder_run is not None and run.image_name == folder_run.stem(folder_run.index)
+                and run.result.results[0] is folder_run.result.results[folder_run.index])
+
+    def save(self, out: Path) -> Path:
+        """Save the whole folder run, with every edit, in the ``datus run`` layout."""
+        self.keep_edits()
+        folder_run = self.run
+        return save_run(out, folder_run.result, folder_run.files, folder_run.weights,
+                        folder_run.edited_masks())
+
+    def _show(self, index: int, shown: str | None) -> None:
+        folder_run = self.run
+        _view, image = show_folder_image(self.viewer, folder_run, index, shown)
+        height, width = image.data.shape[:2]
+        edit = folder_run.edits.get(folder_run.stem(index))
+        note = f", {edit.pixels} edited pixels" if edit else ""
+        self.panel.show_position(index, len(folder_run),
+                                 f"{folder_run.stem(index)} ({width}x{height}{note})")
+
+    def _shown_stem(self) -> str | None:
+        return None if self.run is None else self.run.stem(self.run.index)
+
+
+def _compatible(folder_run: FolderRun, kept: dict[str, Edit]) -> dict[str, Edit]:
+    """The kept edits that still fit: same image size, labels within 0..K."""
+    fitting: dict[str, Edit] = {}
+    k = folder_run.result.params.clusters
+    for index in range(len(folder_run)):
+        stem = folder_run.stem(index)
+        edit = kept.get(stem)
+        if edit is None:
+            continue
+        if edit.where.shape != folder_run.result.results[index].shape:
+            show_info(f"the edits of {stem} were not kept: its image changed size")
+            continue
+        valid = edit.values <= k
+        if not valid.all():
+            show_info(f"{int((~valid).sum())} edited pixels of {stem} named clusters above"
+                      f" K = {k} and were not kept")
+        where = edit.where.copy()
+        where[where] = valid
+        if where.any():
+            fitting[stem] = Edit(where, edit.values[valid])
+    return fitting

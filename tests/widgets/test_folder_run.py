@@ -1,0 +1,154 @@
+"""A folder of images of several sizes as one dataset in the pipeline dock; saved runs
+reopened; edits kept across re-runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_datus._widgets.layers import run_of
+from tests.conftest import SUIM_IMAGES, require_shared
+
+from .conftest import errors, run_and_wait
+
+# One image of each of the 7 sizes in the SUIM test set, plus a second 640x480 one.
+MIXED = ["d_r_122_", "d_r_129_", "d_r_144_", "d_r_166_", "d_r_345_", "d_r_384_", "d_r_465_",
+         "d_r_547_"]
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    require_shared(SUIM_IMAGES)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for stem in MIXED:
+        shutil.copy(SUIM_IMAGES / f"{stem}.jpg", folder)
+    return folder
+
+
+def other_label(label: int) -> int:
+    """A cluster label (1..3 with the fixture's K = 3) other than ``label``."""
+    return 1 if label != 1 else 2
+
+
+def sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.stem: Image.open(p).size[::-1] for p in folder.iterdir()}
+
+
+@pytest.mark.shared
+def test_a_mixed_size_folder_is_one_dataset_saved_and_reopened(
+        qtbot, viewer, pipeline, mixed_folder, tmp_path, notifications, make_napari_viewer):
+    out = tmp_path / "run"
+    pipeline.findChild(type(pipeline.folder_panel.folder), "folder").setText(str(mixed_folder))
+    pipeline.findChild(type(pipeline.folder_panel.out), "out").setText(str(out))
+    run_and_wait(qtbot, pipeline)
+    assert not errors(notifications)
+
+    shapes = sizes(mixed_folder)
+    assert len(set(shapes.values())) == 7
+    folder_run = pipeline.folders.run
+    assert len(folder_run) == 8
+    # One k-means over all images: cluster ids come from one model (K clusters in total).
+    assert sorted(json.loads((out / "run.json").read_text())["images"]) == sorted(MIXED)
+    for stem, shape in shapes.items():
+        mask = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
+        assert mask.shape == shape
+    seen = {}
+    for step in range(8):
+        stem = folder_run.stem(folder_run.index)
+        image, mask = viewer.layers[stem], viewer.layers[f"{stem} pseudo mask"]
+        assert image.data.shape[:2] == mask.data.shape == shapes[stem]
+        seen[stem] = mask.data.copy()
+        if step < 7:
+            pipeline.folder_panel.next.click()
+    assert set(seen) == set(MIXED)
+    assert not pipeline.folder_panel.next.isEnabled()
+
+    reopened = make_napari_viewer()
+    one = out / "pseudo_masks" / f"{MIXED[0]}.png"
+    reopened.open(str(one), plugin="napari-datus")
+    np.testing.assert_array_equal(reopened.layers[f"{MIXED[0]} pseudo mask"].data,
+                                  seen[MIXED[0]])
+    reopened.layers.clear()
+    reopened.open(str(out), plugin="napari-datus")
+    for stem, labels in seen.items():
+        assert reopened.layers[stem].data.shape[:2] == shapes[stem]
+        np.testing.assert_array_equal(np.asarray(reopened.layers[f"{stem} pseudo mask"].data),
+                                      labels)
+
+
+@pytest.mark.shared
+def test_folder_edits_survive_stepping_and_are_saved(qtbot, viewer, pipeline, mixed_folder,
+                                                      tmp_path):
+    out = tmp_path / "run"
+    pipeline.folder_panel.folder.setText(str(mixed_folder))
+    pipeline.folder_panel.out.setText(str(out))
+    run_and_wait(qtbot, pipeline)
+    first = pipeline.folders.run.stem(0)
+    layer = viewer.layers[f"{first} pseudo mask"]
+    label = other_label(layer.data[0, 0])
+    layer.data[:10, :10] = label
+    pipeline.folder_panel.next.click()
+    pipeline.folder_panel.previous.click()
+    assert (viewer.layers[f"{first} pseudo mask"].data[:10, :10] == label).all()
+    saved = np.asarray(Image.open(out / "pseudo_masks" / f"{first}.png"))
+    assert (saved[:10, :10] == label - 1).all()  # file convention: cluster c + 1 -> c
+    record = json.loads((out / "run.json").read_text())["edits"]
+    assert record[first]["pixels"] > 0
+
+
+def test_painting_then_changing_k_asks_and_keeps_the_edits(qtbot, viewer, sample, pipeline,
+                                                         monkeypatch):
+    run_and_wait(qtbot, pipeline)
+    layer = viewer.layers["suim pseudo mask"]
+    layer.data[0, :20, :20] = other_label(layer.data[0, 0, 0])
+    painted = layer.data[0, :20, :20].copy()
+    asked = []
+    monkeypatch.setattr(pipeline, "_ask_about_edits", lambda pixels: asked.append(pixels) or True)
+    pipeline.clusters.setValue(pipeline.clusters.value() + 1)
+    qtbot.wait(600)  # the live re-run would have fired by now
+    assert "edits" in pipeline.status.text()  # no silent live re-run over the edits
+    run_and_wait(qtbot, pipeline)
+    assert asked and asked[0] > 0
+    np.testing.assert_array_equal(viewer.layers["suim pseudo mask"].data[0, :20, :20], painted)
+    assert run_of(layer).result.params.clusters == pipeline.clusters.value()
+
+
+def test_discarding_edits_and_cancelling(qtbot, viewer, sample, pipeline, monkeypatch):
+    run_and_wait(qtbot, pipeline)
+    layer = viewer.layers["suim pseudo mask"]
+    computed = layer.data.copy()
+    label = other_label(layer.data[0, 0, 0])
+    layer.data[0, :20, :20] = label
+    monkeypatch.setattr(pipeline, "_ask_about_edits", lambda pixels: None)
+    pipeline.run_button.click()
+    assert pipeline._worker is None  # cancelled: nothing started, the edits stay
+    assert (layer.data[0, :20, :20] == label).all()
+    monkeypatch.setattr(pipeline, "_ask_about_edits", lambda pixels: False)
+    run_and_wait(qtbot, pipeline)
+    np.testing.assert_array_equal(viewer.layers["suim pseudo mask"].data, computed)
+
+
+@pytest.mark.shared
+def test_a_folder_export_is_a_run_datus_denoise_accepts(qtbot, viewer, pipeline, mixed_folder,
+                                                        tmp_path, capsys):
+    from napari_datus.cli import main
+
+    pipeline.folder_panel.folder.setText(str(mixed_folder))
+    run_and_wait(qtbot, pipeline)
+    layer = viewer.layers[f"{pipeline.folders.run.stem(0)} pseudo mask"]
+    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    out = tmp_path / "export"
+    assert pipeline.export(out)
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(run["images"]) == sorted(MIXED)
+    assert list(run["edits"]) == [pipeline.folders.run.stem(0)]
+    assert main(["denoise", str(out), "--denoise-epochs", "1", "--device", "cpu"]) == 0, \
+        capsys.readouterr().err
+    for stem, shape in sizes(mixed_folder).items():
+        assert np.asarray(Image.open(out / "denoised" / f"{stem}.png")).shape == shape
