@@ -7,7 +7,15 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 
 from napari_datus._widgets.folder_run import FolderRun
-from napari_datus._widgets.model import DENOISED, WidgetRun, cluster_colormap, layer_arrays
+from napari_datus._widgets.model import (
+    DENOISED,
+    ImageStack,
+    WidgetRun,
+    cluster_colormap,
+    image_stack,
+    layer_arrays,
+)
+from napari_datus.core.errors import DatusError
 
 METADATA_KEY = "datus"
 NOISE_COLOURS = {0: "transparent", 1: "magenta", None: "transparent"}
@@ -115,3 +123,13 @@ def show_folder_image(viewer: napari.Viewer, folder_run: FolderRun, index: int,
     add_result_layers(viewer, view, arrays, image)
     folder_run.index = index
     return view, image
+
+
+def stack_of(layer: Layer | None) -> ImageStack:
+    """The chosen layer as an image stack, or a DatusError saying why it cannot be one."""
+    if not isinstance(layer, Image):
+        raise DatusError("choose an Image layer to segment (2D gray/RGB or a stack);"
+                         " Labels layers hold results, not images")
+    if layer.multiscale:
+        raise DatusError(f"layer {layer.name!r} is multiscale: open one resolution level")
+    return image_stack(layer.data, layer.rgb, layer.name, layer.metadata.get("stems"))

@@ -10,7 +10,7 @@ cancelled or failed run leaves none behind.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -36,17 +35,17 @@ from qtpy.QtWidgets import (
 )
 
 from napari_datus._widgets.edits import Edit, ask_keep_edits, layer_edits, with_edits
-from napari_datus._widgets.export import export_run
+from napari_datus._widgets.export_box import ExportBox
 from napari_datus._widgets.folder_controller import FolderController
 from napari_datus._widgets.folder_panel import FolderPanel
 from napari_datus._widgets.folder_run import FolderRun
-from napari_datus._widgets.layers import add_result_layers, run_of
+from napari_datus._widgets.jobs import RunFailed, reported
+from napari_datus._widgets.layers import add_result_layers, run_of, stack_of
 from napari_datus._widgets.model import (
     ImageStack,
     WidgetRun,
     carry_metrics,
     denoise,
-    image_stack,
     layer_arrays,
 )
 from napari_datus._widgets.qt import LayerCombo
@@ -67,13 +66,6 @@ LIVE_DELAY_MS = 300
 # Settings a live re-run may change: with the feature cache they cost k-means (and, for
 # tau, the segment split and new components' embeddings), never the ViT or Louvain.
 LIVE_SETTINGS = Params.fields_of("segments", "clustering")
-
-
-@dataclass
-class RunFailed:
-    """A run stopped by a DatusError, returned (not raised) so it shows without a traceback."""
-
-    message: str
 
 
 class PipelineWidget(QWidget):
@@ -165,26 +157,13 @@ class PipelineWidget(QWidget):
         layout.addWidget(self.folder_panel)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
-        layout.addWidget(self._export_box())
+        self.exporter = ExportBox(self.viewer, self.current_run, self.folders)
+        self.export_index, self.export_colour = self.exporter.index, self.exporter.colour
+        layout.addWidget(self.exporter)
         open_metrics = QPushButton("Metrics and segment QA…")
         open_metrics.clicked.connect(self._open_metrics)
         layout.addWidget(open_metrics)
         layout.addStretch()
-
-    def _export_box(self) -> QGroupBox:
-        box = QGroupBox("Export (datus run layout)")
-        self.export_index = QCheckBox("index PNG")
-        self.export_index.setChecked(True)
-        self.export_colour = QCheckBox("SUIM colours")
-        self.export_colour.setToolTip("pseudo masks in their matched classes' colours;"
-                                      " needs metrics against SUIM ground truth")
-        button = QPushButton("Export…")
-        button.clicked.connect(self._choose_export_folder)
-        row = QHBoxLayout(box)
-        row.addWidget(self.export_index)
-        row.addWidget(self.export_colour)
-        row.addWidget(button)
-        return box
 
     # ---- settings -----------------------------------------------------------------------
 
@@ -230,7 +209,7 @@ class PipelineWidget(QWidget):
             if folder is not None:
                 files = self.folders.files(folder)
             else:
-                stack = _stack_of(layer)
+                stack = stack_of(layer)
         except DatusError as exc:
             show_error(str(exc))
             return
@@ -242,7 +221,7 @@ class PipelineWidget(QWidget):
                 show_info("de-noising runs on image layers; for a folder use datus denoise"
                           " on the saved run")
             kept = self.folders.run.edits if keep and self.folders.run is not None else {}
-            work = partial(_reported, partial(self.folders.work, folder, files, params,
+            work = partial(reported, partial(self.folders.work, folder, files, params,
                                               self.folder_panel.out_path(),
                                               self._load_backbone, self._cache, kept))
             self._start(work, self._on_folder_returned, len(files))
@@ -416,52 +395,11 @@ class PipelineWidget(QWidget):
         return run_of(self.viewer.layers[name]) if name in self.viewer.layers else None
 
     def export(self, folder: str | Path) -> list[Path]:
-        """Write the chosen image's result layers (and metrics) to ``folder``.
-
-        Returns the files written; problems are shown as notifications.
-        """
-        widget_run = self.current_run()
-        if widget_run is None:
-            show_error("nothing to export: run the pipeline on the chosen image first")
-            return []
-        try:
-            if self.folders.shows(widget_run):
-                written = [self.folders.save(Path(folder))]
-            else:
-                written = export_run(self.viewer, widget_run, Path(folder),
-                                     index=self.export_index.isChecked(),
-                                     colour=self.export_colour.isChecked())
-        except DatusError as exc:
-            show_error(str(exc))
-            return []
-        show_info(f"exported {len(written)} files to {folder}")
-        return written
-
-    def _choose_export_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export DatUS masks to")
-        if folder:
-            self.export(folder)
+        """Export the chosen image's run (see :class:`ExportBox`); returns the files written."""
+        return self.exporter.export(folder)
 
     def _open_metrics(self) -> None:
         self.viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
-
-
-def _reported(work: Callable[[], Generator]) -> Generator[Event, None, object]:
-    """Run a worker job; a DatusError becomes a RunFailed, shown without a traceback."""
-    try:
-        return (yield from work())
-    except DatusError as exc:
-        return RunFailed(str(exc))
-
-
-def _stack_of(layer: Layer | None) -> ImageStack:
-    """The chosen layer as an image stack, or a DatusError saying why it cannot be one."""
-    if not isinstance(layer, Image):
-        raise DatusError("choose an Image layer to segment (2D gray/RGB or a stack);"
-                         " Labels layers hold results, not images")
-    if layer.multiscale:
-        raise DatusError(f"layer {layer.name!r} is multiscale: open one resolution level")
-    return image_stack(layer.data, layer.rgb, layer.name, layer.metadata.get("stems"))
 
 
 def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:

@@ -1,0 +1,67 @@
+"""The "Export" box of the "DatUS pipeline" dock: the run on screen in the ``datus run``
+layout (a folder run: the whole folder, with every edit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import napari
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QPushButton
+
+from napari_datus._widgets.export import export_run
+from napari_datus._widgets.folder_controller import FolderController
+from napari_datus._widgets.model import WidgetRun
+from napari_datus.core.errors import DatusError
+
+
+class ExportBox(QGroupBox):
+    """Index and colour options and the Export button."""
+
+    def __init__(self, viewer: napari.Viewer, current_run: Callable[[], WidgetRun | None],
+                 folders: FolderController) -> None:
+        super().__init__("Export (datus run layout)")
+        self.viewer = viewer
+        self.current_run = current_run
+        self.folders = folders
+        self.index = QCheckBox("index PNG")
+        self.index.setChecked(True)
+        self.colour = QCheckBox("SUIM colours")
+        self.colour.setToolTip("pseudo masks in their matched classes' colours;"
+                               " needs metrics against SUIM ground truth")
+        button = QPushButton("Export…")
+        button.setToolTip("write the masks as edited, run.json (with the edits) and the"
+                          " metrics; `datus denoise` accepts the folder")
+        button.clicked.connect(self._choose_folder)
+        row = QHBoxLayout(self)
+        row.addWidget(self.index)
+        row.addWidget(self.colour)
+        row.addWidget(button)
+
+    def export(self, folder: str | Path) -> list[Path]:
+        """Write the chosen image's result layers (and metrics) to ``folder``.
+
+        Returns the files written; problems are shown as notifications.
+        """
+        widget_run = self.current_run()
+        if widget_run is None:
+            show_error("nothing to export: run the pipeline on the chosen image first")
+            return []
+        try:
+            if self.folders.shows(widget_run):
+                written = [self.folders.save(Path(folder))]
+            else:
+                written = export_run(self.viewer, widget_run, Path(folder),
+                                     index=self.index.isChecked(),
+                                     colour=self.colour.isChecked())
+        except DatusError as exc:
+            show_error(str(exc))
+            return []
+        show_info(f"exported {len(written)} files to {folder}")
+        return written
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export DatUS masks to")
+        if folder:
+            self.export(folder)
