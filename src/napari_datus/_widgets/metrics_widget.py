@@ -41,7 +41,13 @@ from napari_datus._widgets.model import (
     segment_pixels,
     to_file_labels,
 )
-from napari_datus._widgets.qt import ConfusionCanvas, LayerCombo, on_destroyed, set_image
+from napari_datus._widgets.qt import (
+    ConfusionCanvas,
+    LayerCombo,
+    on_destroyed,
+    scrolled_layout,
+    set_image,
+)
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 
@@ -90,7 +96,7 @@ class MetricsWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.heatmap = ConfusionCanvas()
 
-        layout = QVBoxLayout(self)
+        layout = scrolled_layout(self)
         layout.addLayout(form)
         layout.addWidget(compute)
         layout.addWidget(self.summary)

@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -48,7 +47,7 @@ from napari_datus._widgets.model import (
     denoise,
     layer_arrays,
 )
-from napari_datus._widgets.qt import LayerCombo
+from napari_datus._widgets.qt import LayerCombo, scrolled_layout
 from napari_datus.cache import FeatureCache
 from napari_datus.core.backbone import Backbone, load_backbone
 from napari_datus.core.choices import default_model, default_weights
@@ -152,7 +151,7 @@ class PipelineWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        layout = scrolled_layout(self)
         layout.addLayout(form)
         layout.addWidget(self.folder_panel)
         layout.addLayout(buttons)

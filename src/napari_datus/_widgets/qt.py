@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from napari.layers import Layer
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QComboBox, QLabel, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 
 class LayerCombo(QComboBox):
@@ -112,3 +112,20 @@ def set_image(label: QLabel, rgb: np.ndarray, side: int = 160) -> None:
     height, width = rgb.shape[:2]
     image = QImage(rgb.data, width, height, 3 * width, QImage.Format_RGB888).copy()
     label.setPixmap(QPixmap.fromImage(image).scaled(side, side))
+
+
+def scrolled_layout(dock: QWidget) -> QVBoxLayout:
+    """A layout for ``dock``'s contents inside a vertical scroll area.
+
+    A dock's minimum height is its contents' unless they scroll, so two docks of tall
+    contents forced a window taller than a laptop screen (1224 px for both docks).
+    """
+    content = QWidget()
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return QVBoxLayout(content)
