@@ -205,6 +205,7 @@ def test_denoising_adds_a_fully_labelled_layer(qtbot, viewer, pipeline, metrics,
     layer = viewer.layers["d de-noised"]
     assert layer.data.shape == (3, 64, 80) and layer.data.dtype == np.uint8
     assert layer.data.min() >= 1 and layer.data.max() <= 3
+    assert layer.visible  # the final masks show without a click
 
     viewer.add_labels(rng.integers(0, 3, (3, 64, 80)).astype(np.uint8), name="truth")
     shown = metrics.compute()

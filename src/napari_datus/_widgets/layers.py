@@ -19,8 +19,9 @@ from napari_datus.core.errors import DatusError
 
 METADATA_KEY = "datus"
 NOISE_COLOURS = {0: "transparent", 1: "magenta", None: "transparent"}
-# Only the pseudo mask shows at first: stacked opaque label layers would hide each other.
-VISIBLE = ("pseudo mask",)
+# Only the masks show at first (the de-noised one above the initial one): stacked opaque
+# label layers would hide each other.
+VISIBLE = ("pseudo mask", DENOISED)
 
 
 def run_of(layer: Layer | None) -> WidgetRun | None:

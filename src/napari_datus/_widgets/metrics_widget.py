@@ -51,6 +51,14 @@ from napari_datus._widgets.qt import (
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 
+# The terms of the summary and the table, for their tooltips (docs/napari.md says more).
+METRIC_TERMS = (
+    "Hungarian matching: each cluster is matched to at most one class so that the most"
+    " pixels agree; unmatched clusters count as wrong.\n"
+    "mIoU: mean over classes of intersection over union of matched clusters and classes.\n"
+    "pixel accuracy: share of labelled pixels whose matched class is right.\n"
+    "coverage: share of pixels the pseudo mask labels (noise segments stay unlabelled).\n"
+    "strict: the same figures with unlabelled pixels counted as wrong.")
 TABLE_COLUMNS = ("class", "IoU", "F1", "strict IoU", "clusters")
 BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}
 
@@ -91,8 +99,10 @@ class MetricsWidget(QWidget):
 
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        self.summary.setToolTip(METRIC_TERMS)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setToolTip(METRIC_TERMS)
         self.table.verticalHeader().setVisible(False)
         self.heatmap = ConfusionCanvas()
 
