@@ -152,3 +152,23 @@ def test_a_folder_export_is_a_run_datus_denoise_accepts(qtbot, viewer, pipeline,
         capsys.readouterr().err
     for stem, shape in sizes(mixed_folder).items():
         assert np.asarray(Image.open(out / "denoised" / f"{stem}.png")).shape == shape
+
+
+@pytest.mark.shared
+def test_an_unwritable_out_folder_is_refused_before_any_work(qtbot, viewer, pipeline,
+                                                             mixed_folder, tmp_path,
+                                                             notifications):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    pipeline.folder_panel.folder.setText(str(mixed_folder))
+    pipeline.folder_panel.out.setText(str(blocker / "run"))
+    pipeline.run_button.click()
+    assert pipeline._worker is None
+    assert any("is not writable" in m for m in errors(notifications))
+
+
+def test_an_empty_folder_is_one_clear_error(qtbot, viewer, pipeline, tmp_path, notifications):
+    pipeline.folder_panel.folder.setText(str(tmp_path))
+    pipeline.run_button.click()
+    assert pipeline._worker is None
+    assert any("no images" in m for m in errors(notifications))

@@ -54,6 +54,7 @@ from napari_datus.core.choices import default_model, default_weights
 from napari_datus.core.denoise import TrainProgress
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
+from napari_datus.outputs import check_writable
 from napari_datus.pipeline import Params, Progress, array_sources, run
 
 BackboneKey = tuple[str, str | None, str]
@@ -207,6 +208,8 @@ class PipelineWidget(QWidget):
                 config.validate()
             if folder is not None:
                 files = self.folders.files(folder)
+                if self.folder_panel.out_path() is not None:
+                    check_writable(self.folder_panel.out_path())
             else:
                 stack = stack_of(layer)
         except DatusError as exc:
