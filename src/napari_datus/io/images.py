@@ -86,7 +86,7 @@ def read_array(path: str | Path, *, max_pixels: int | None = None,
     except Exception as exc:
         # Decoders fail on corrupt files with many exception types (fuzzing found
         # SyntaxError, zlib.error, ZeroDivisionError, TypeError, IndexError and
-        # NotImplementedError besides OSError); each means this file cannot be read.
+        # unsupported-feature errors besides OSError); each means this file cannot be read.
         raise DatusError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from exc
 
 
