@@ -349,6 +349,22 @@ def markdown(rows: list[Row], base: Params, n_images: int, seeds: list[int]) -> 
     return "\n".join(lines) + "\n"
 
 
+def read_ground_truths(files: list[Path], gt_files: dict[str, Path], spec: GroundTruthFormat
+                       ) -> tuple[list[Path], list[np.ndarray], list[dict]]:
+    """Decoded ground truth of every image; a file the scorer refuses leaves its image out
+    of the table (as ``datus run`` leaves it out of metrics.json), named on stderr."""
+    kept, gts, skipped = [], [], []
+    for f in files:
+        try:
+            gts.append(spec.read(gt_files[f.stem]))
+        except DatusError as exc:
+            skipped.append({"file": f.name, "reason": str(exc)})
+            print(f"skipped {f.name}: {exc}", file=sys.stderr)
+            continue
+        kept.append(f)
+    return kept, gts, skipped
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path)
@@ -377,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     gt_files = match_ground_truth(files, args.gt)
     files = [f for f in files if f.stem in gt_files][: args.limit]
     spec = GroundTruthFormat(args.gt_format)
-    gts = [spec.read(gt_files[f.stem]) for f in files]
+    files, gts, skipped = read_ground_truths(files, gt_files, spec)
     base = Params(model=args.model, weights=args.weights, device="cpu")
     weights_key = str(Path(args.weights).resolve()) if args.weights else "hub"
     data = Dataset(files, gts, lambda: load_backbone(args.model, args.weights, "cpu"),

@@ -1,8 +1,15 @@
-"""Speed benchmark of DatUS (issue 6): where the time goes, and what a re-run costs.
+"""Speed benchmark of DatUS (issues 6 and 14): where the time goes, what a re-run costs, and
+what the ``datus`` process costs a user.
 
-Usage (from the repository root; about 20 minutes on one CPU thread)::
+Usage (from the repository root; about 25 minutes on one CPU thread)::
 
     python benchmarks/speed.py --weights ../shared/weights/dinov2_vits14_imgfocus.pth
+    # the process section alone (about 2 minutes):
+    python benchmarks/speed.py --skip-stages --skip-cache --large 0
+    # before/after: an older commit's code timed in the same rounds
+    mkdir -p /tmp/datus-before && git archive ad3d219 src | tar -x -C /tmp/datus-before
+    python benchmarks/speed.py --skip-stages --skip-cache --large 0 \\
+        --baseline /tmp/datus-before/src --out /tmp/datus-before/results
 
 Sections, all in one run so the figures share a machine state:
 
@@ -17,9 +24,16 @@ Sections, all in one run so the figures share a machine state:
 3. **Cache**, at 224 with the default settings: a cold cached run, then the in-process
    re-run with another K and with another tau (what the napari sliders do: ``pipeline.run``
    with a warm :class:`~napari_datus.cache.FeatureCache`, plus painting every mask).
-4. **Command line**: wall time and peak RSS of ``datus run`` on the test set (cold cache,
-   then ``--clusters 7`` warm) and on a 1000-image folder (symlinks cycling through the
-   test set, ``--no-cache``), each in a fresh process.
+4. **Process**: what a user waits for, each command a new process with its start-up and
+   imports, on the first ``--process-images`` test images at 224 with the default (embedded)
+   weights and settings and the machine's default thread count: ``datus run`` cold (empty
+   cache), ``datus run --clusters 7`` warm (every feature cached), ``datus --help``, and a
+   plain loop of ViT forwards over the same images (``benchmarks/plain_loop.py``: decode,
+   resize, one forward each at batch 1, its imports and model load included); the same two
+   under bf16 autocast; with ``--baseline DIR``, the same commands of another version of the
+   package. ``--rounds`` interleaved rounds; medians and ranges are reported.
+5. **Peak RSS** of ``datus run`` on a 1000-image folder (symlinks cycling through the test
+   set, ``--no-cache``), in a fresh process.
 
 Writes ``speed.json`` and ``speed.md`` under ``--out`` and prints the markdown.
 """
@@ -99,10 +113,18 @@ def retained_bytes(result: ImageResult) -> int:
                                   result.embeddings))
 
 
+def import_stage_packages() -> None:
+    """Import what the stages import on first use (igraph 0.5 s with matplotlib, scipy):
+    the stage figures are per-image costs; section 4 counts the imports a process pays."""
+    import igraph  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+
+
 def stage_benchmark(paths: list[Path], backbone: Backbone, resolution: int, n_graphs: int,
                     out_dir: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
     """Section 1 at one resolution; also returns the first ``n_graphs`` adjacencies of the
     default affinity and of :data:`DENSE_AFFINITY`."""
+    import_stage_packages()
     timers = {e: Timer() for e in EMBEDDINGS}
     vit = {e: {} for e in EMBEDDINGS}
     results: dict[str, list[ImageResult]] = {e: [] for e in EMBEDDINGS}
@@ -215,21 +237,42 @@ def peak():
 atexit.register(peak)
 sys.exit(cli.main(sys.argv[1:]))
 """
+PLAIN_LOOP = ROOT / "benchmarks" / "plain_loop.py"
+# CPU features behind the bf16 figures (AMX and AVX512-BF16 run bf16 matrix products natively).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def run_process(command: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """Wall seconds, stdout and stderr of one process run to its end (raises on failure)."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, text=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    return seconds, done.stdout, done.stderr
+
+
+def datus(argv: list[str], env: dict[str, str]) -> dict:
+    """Wall seconds and peak RSS (MiB, Linux) of one ``datus`` command in a fresh process."""
+    seconds, _, err = run_process([sys.executable, "-c", PEAK_PROBE, *argv], env)
+    kib = int(err.rsplit("peak-rss-kib", 1)[1].split()[0])
+    return {"command": "datus " + " ".join(argv), "seconds": seconds, "peak_rss_mib": kib / 1024}
 
 
 def datus_run(images: Path, out: Path, args: list[str], env: dict[str, str]) -> dict:
-    """Wall seconds and peak RSS (MiB, Linux) of one ``datus run`` in a fresh process."""
-    argv = ["run", str(images), "--out", str(out), *args]
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_PROBE, *argv], env=env, text=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"datus {' '.join(argv)} failed:\n{done.stderr}")
-    kib = int(done.stderr.rsplit("peak-rss-kib", 1)[1].split()[0])
-    inside = json.loads((out / "run.json").read_text())["seconds_total"]
-    return {"command": "datus " + " ".join(argv), "seconds": seconds, "peak_rss_mib": kib / 1024,
-            "seconds_after_startup": inside}
+    """:func:`datus` for ``datus run``, with run.json's own seconds (after start-up, imports
+    and, where it happens before the first image, the model load) and its keys stage."""
+    row = datus(["run", str(images), "--out", str(out), *args], env)
+    inside = json.loads((out / "run.json").read_text())
+    return {**row, "seconds_after_startup": inside["seconds_total"],
+            "keys": inside["timings"]["keys"]}
+
+
+def plain_loop(images: Path, weights: Path, precision: str, env: dict[str, str]) -> dict:
+    """Wall seconds of ``benchmarks/plain_loop.py`` in a fresh process, and its phases."""
+    seconds, out, _ = run_process([sys.executable, str(PLAIN_LOOP), str(images), str(weights),
+                                   "--precision", precision], env)
+    return {"seconds": seconds, **json.loads(out.strip().splitlines()[-1])}
 
 
 def linked_folder(folder: Path, paths: list[Path], n: int) -> Path:
@@ -241,45 +284,111 @@ def linked_folder(folder: Path, paths: list[Path], n: int) -> Path:
     return folder
 
 
-def cli_benchmark(paths: list[Path], weights: str, model: str, n_large: int, threads: int,
-                  work: Path) -> dict:
-    """Section 4: the command line, cold and warm, and on a large synthetic folder."""
+def process_benchmark(paths: list[Path], rounds: int, work: Path, bf16: bool = True,
+                      baseline: Path | None = None) -> dict:
+    """Section 4: the user's processes against a plain loop of forwards, ``rounds`` times.
+
+    Each round runs every command once, in a fixed order, cold runs on an empty cache, so a
+    busy spell of a shared machine hits all rows alike; medians are reported. ``baseline``
+    is a folder holding another version of napari_datus (an older commit's ``src``, from
+    ``git archive``) whose float32 commands join every round; ``bf16`` adds the rows under
+    bf16 autocast.
+    """
+    from napari_datus.io.weights import embedded_weights
+
+    images = linked_folder(work / "process-images", paths, len(paths))
+    weights = embedded_weights()  # the default weights datus run uses, converted once
+    versions = {"": dict(os.environ)}
+    if baseline is not None:
+        versions["_baseline"] = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(baseline), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    runs: dict[str, list[dict]] = {name: [] for name in process_rows(baseline, bf16)}
+    for index in range(rounds):
+        folder = work / f"round{index}"
+        runs["plain"].append(plain_loop(images, weights, "fp32", versions[""]))
+        for suffix, env in versions.items():
+            env["DATUS_CACHE_DIR"] = str(folder / f"cache{suffix}")
+            runs[f"cold{suffix}"].append(datus_run(images, folder / f"cold{suffix}", [], env))
+            runs[f"warm{suffix}"].append(datus_run(images, folder / f"warm{suffix}",
+                                                   ["--clusters", "7"], env))
+            runs[f"help{suffix}"].append(datus(["--help"], env))
+        if bf16:
+            env = {**versions[""], "DATUS_CACHE_DIR": str(folder / "cache_bf16")}
+            runs["plain_bf16"].append(plain_loop(images, weights, "bf16", env))
+            runs["cold_bf16"].append(datus_run(images, folder / "cold_bf16",
+                                               ["--precision", "bf16"], env))
+    return {"images": len(paths), "rounds": rounds, "threads": runs["plain"][0]["threads"],
+            "baseline": str(baseline) if baseline else None, "runs": runs,
+            "median": {name: float(np.median([r["seconds"] for r in rows]))
+                       for name, rows in runs.items()}}
+
+
+# Row name -> what it is, in the order of the table.
+PROCESS_ROWS = {
+    "plain": "plain loop of ViT forwards (decode, resize, forward; fp32)",
+    "cold": "`datus run`, cold (empty cache)",
+    "warm": "`datus run --clusters 7`, warm (every feature cached)",
+    "help": "`datus --help`",
+    "cold_baseline": "baseline `datus run`, cold",
+    "warm_baseline": "baseline `datus run --clusters 7`, warm",
+    "help_baseline": "baseline `datus --help`",
+    "plain_bf16": "plain loop of ViT forwards, bf16 autocast",
+    "cold_bf16": "`datus run --precision bf16`, cold",
+}
+
+
+def process_rows(baseline: Path | None, bf16: bool) -> list[str]:
+    """The rows of :data:`PROCESS_ROWS` a run of section 4 has."""
+    return [name for name in PROCESS_ROWS
+            if (baseline is not None or not name.endswith("_baseline"))
+            and (bf16 or not name.endswith("_bf16"))]
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of :data:`CPU_FLAGS` the CPU has (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), []))
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def large_benchmark(paths: list[Path], weights: str, model: str, n_large: int, threads: int,
+                    work: Path) -> dict:
+    """Section 5: peak RSS of ``datus run --no-cache`` on a large synthetic folder."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "DATUS_CACHE_DIR": str(work / "cli-cache")}
-    common = ["--weights", weights, "--model", model, "--device", "cpu"]
-    small = linked_folder(work / "images", paths, len(paths))
     large = linked_folder(work / f"images{n_large}", paths, n_large)
-    return {
-        "cold": {**datus_run(small, work / "cold", common, env), "images": len(paths)},
-        "other_k_warm": {**datus_run(small, work / "warm", [*common, "--clusters", "7"], env),
-                         "images": len(paths)},
-        "large_no_cache": {**datus_run(large, work / "large", [*common, "--no-cache"], env),
-                           "images": n_large},
-    }
+    row = datus_run(large, work / "large", ["--weights", weights, "--model", model, "--device",
+                                            "cpu", "--no-cache"], env)
+    return {**row, "images": n_large}
 
 
 def markdown(report: dict) -> str:
     """The benchmark tables as markdown."""
-    lines = [f"Machine: {report['machine']}; torch threads {report['threads']};"
-             f" {report['images']} images.", "",
-             f"Seconds per image, uncached, default settings (affinity {Params().affinity})"
-             " (`vit` = time inside the ViT forward):", "",
-             "| resolution | embedding | " + " | ".join(STAGES)
-             + " | total | vit | total / vit | valid seg./img |",
-             "|---" * (len(STAGES) + 6) + "|"]
+    lines = [f"Machine: {report['machine']}; torch threads {report['threads']} (sections 1-3,"
+             f" 5); {report['images']} images."]
+    if report["stages"]:
+        lines += ["", f"Seconds per image, uncached, default settings (affinity"
+                  f" {Params().affinity}) (`vit` = time inside the ViT forward):", "",
+                  "| resolution | embedding | " + " | ".join(STAGES)
+                  + " | total | vit | total / vit | valid seg./img |",
+                  "|---" * (len(STAGES) + 6) + "|"]
     for res, rows in report["stages"].items():
         for embedding, row in rows.items():
             cells = [f"{row['per_image'][s]:.4f}" for s in STAGES]
             lines.append(f"| {res} | {embedding} | " + " | ".join(cells)
                          + f" | {row['total']:.3f} | {row['vit']:.3f} | {row['ratio']:.2f}"
                          f" | {row['valid_segments_per_image']:.1f} |")
-    lines += ["", "Louvain on the same graphs, from the dense adjacency (seconds: mean over"
-              f" graphs of the best of {report.get('repeats', 1)} runs; modularity: mean over"
-              " graphs; ratio: igraph / python-louvain of the means; range: igraph minus"
-              " python-louvain, per graph):",
-              "",
-              "| resolution | affinity | nodes | edges | backend | s / graph | modularity |",
-              "|---|---|---|---|---|---|---|"]
+    if report["partition"]:
+        lines += ["", "Louvain on the same graphs, from the dense adjacency (seconds: mean over"
+                  f" graphs of the best of {report.get('repeats', 1)} runs; modularity: mean"
+                  " over graphs; ratio: igraph / python-louvain of the means; range: igraph"
+                  " minus python-louvain, per graph):", "",
+                  "| resolution | affinity | nodes | edges | backend | s / graph | modularity |",
+                  "|---|---|---|---|---|---|---|"]
     for res, by_affinity in report["partition"].items():
         for affinity, part in by_affinity.items():
             head = f"| {res} | {affinity} | {part['nodes']} | {part['edges_mean']:.0f} |"
@@ -297,14 +406,53 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {c[name]['seconds']:.2f} |"
                          f" {c[name]['timings']['kmeans']:.2f} |")
         lines.append(f"| on disk | {c['bytes_on_disk'] / 2**20:.0f} MiB | |")
-    if "cli" in report:
-        lines += ["", "`datus run` in a fresh process (224, default settings):", "",
-                  "| run | images | seconds | after start-up | peak RSS MiB |",
-                  "|---|---|---|---|---|"]
-        for name, row in report["cli"].items():
-            lines.append(f"| {name} | {row['images']} | {row['seconds']:.1f} |"
-                         f" {row['seconds_after_startup']:.1f} | {row['peak_rss_mib']:.0f} |")
+    if "process" in report:
+        lines += [""] + process_markdown(report["process"], report.get("cpu_flags", {}))
+    if "large" in report:
+        row = report["large"]
+        lines += ["", "Peak RSS of `datus run --no-cache` in a fresh process (224, default"
+                  " settings, one torch thread):", "",
+                  "| images | seconds | after start-up | peak RSS MiB |", "|---|---|---|---|",
+                  f"| {row['images']} | {row['seconds']:.1f} | {row['seconds_after_startup']:.1f}"
+                  f" | {row['peak_rss_mib']:.0f} |"]
     return "\n".join(lines) + "\n"
+
+
+def process_markdown(process: dict, flags: dict[str, bool]) -> list[str]:
+    """Section 4 as markdown: the table and the issue's three targets."""
+    median = process["median"]
+    have = ", ".join(f for f, present in flags.items() if present) or "none of them"
+    lines = [f"The `datus` process as a user runs it: {process['images']} test images at 224,"
+             f" default weights and settings, {process['threads']} torch threads (the machine's"
+             " default); every command a new process, start-up and imports included; median of"
+             f" {process['rounds']} rounds, range in brackets. CPU flags present of"
+             f" {', '.join(CPU_FLAGS)}: {have}. `inside`: the keys stage (resize and forward)"
+             " of `datus run`, the forwards of the plain loop."
+             + (f" Baseline: napari_datus from {process['baseline']}." if process.get("baseline")
+                else "")
+             + (f" This section: `{process['command']}`." if process.get("command") else ""),
+             "",
+             "| run | seconds | / plain loop | / cold run | inside, s | peak RSS MiB |",
+             "|---|---|---|---|---|---|"]
+    for name, label in PROCESS_ROWS.items():
+        if name not in process["runs"]:
+            continue
+        rows = process["runs"][name]
+        seconds = [r["seconds"] for r in rows]
+        variant = next((v for v in ("_bf16", "_baseline") if name.endswith(v)), "")
+        inside = [r[k] for r in rows for k in ("keys", "forward") if k in r]
+        rss = [r["peak_rss_mib"] for r in rows if "peak_rss_mib" in r]
+        plain = median["plain_bf16" if variant == "_bf16" else "plain"]
+        cells = [label, f"{median[name]:.2f} [{min(seconds):.2f}-{max(seconds):.2f}]",
+                 f"{median[name] / plain:.2f}", f"{median[name] / median['cold' + variant]:.3f}",
+                 f"{np.median(inside):.2f}" if inside else "",
+                 f"{np.median(rss):.0f}" if rss else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets (issue 14): cold run / plain loop"
+              f" {median['cold'] / median['plain']:.2f} (at most 1.3); warm re-run / cold run"
+              f" {median['warm'] / median['cold']:.3f} (at most 0.15); `datus --help`"
+              f" {median['help']:.2f} s (under 1 s)."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -319,9 +467,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3,
                         help="Louvain runs per graph and backend; the best counts")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--large", type=int, default=1000,
-                        help="images in the synthetic folder for peak RSS (0 skips section 4)")
+    parser.add_argument("--skip-stages", action="store_true", help="skip sections 1 and 2")
     parser.add_argument("--skip-cache", action="store_true", help="skip section 3")
+    parser.add_argument("--process-images", type=int, default=24,
+                        help="first N test images for section 4 (0 skips it)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of section 4")
+    parser.add_argument("--no-bf16", action="store_true", help="section 4 in float32 only")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="section 4 also times napari_datus from DIR (e.g. an older"
+                             " commit's src/ from git archive) in the same rounds")
+    parser.add_argument("--large", type=int, default=1000,
+                        help="images in the synthetic folder for peak RSS (0 skips section 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -329,24 +485,28 @@ def main(argv: list[str] | None = None) -> dict:
     # 1 ms matmul into 20 ms.
     threadpool_limits(args.threads)
     paths = list_images(args.images)[: args.limit]
-    backbone = load_backbone(args.model, args.weights, device="cpu")
+    in_process = not (args.skip_stages and args.skip_cache)
+    backbone = load_backbone(args.model, args.weights, device="cpu") if in_process else None
     report: dict = {"machine": f"{platform.processor() or platform.machine()},"
-                               f" {os.cpu_count()} logical CPUs", "threads": args.threads,
-                    "repeats": args.repeats,
+                               f" {os.cpu_count()} logical CPUs", "cpu_flags": cpu_flags(),
+                    "threads": args.threads, "repeats": args.repeats,
                     "images": len(paths), "command": " ".join(sys.argv),
                     "stages": {}, "partition": {}}
     with tempfile.TemporaryDirectory(prefix="datus-speed-") as tmp:
         work = Path(tmp)
-        for res in args.resolutions:
+        for res in [] if args.skip_stages else args.resolutions:
             report["stages"][res], graphs = stage_benchmark(paths, backbone, res, args.graphs,
                                                             work / f"out{res}")
             report["partition"][res] = {affinity: partition_benchmark(found, args.repeats)
                                         for affinity, found in graphs.items()}
         if not args.skip_cache:
             report["cache"] = cache_benchmark(paths, backbone, work / "cache")
+        if args.process_images:
+            report["process"] = process_benchmark(paths[: args.process_images], args.rounds,
+                                                  work, not args.no_bf16, args.baseline)
         if args.large:
-            report["cli"] = cli_benchmark(paths, args.weights, args.model, args.large,
-                                          args.threads, work)
+            report["large"] = large_benchmark(paths, args.weights, args.model, args.large,
+                                              args.threads, work)
     report["benchmark_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")

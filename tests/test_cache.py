@@ -226,7 +226,8 @@ def test_entries_get_the_umask_mode_and_leave_no_temporary_files(tmp_path):
     cache = FeatureCache(tmp_path)
     previous = os.umask(0o027)
     try:
-        cache.put_partition("ab" * 16, np.zeros((4, 4), dtype=np.int32), (32, 32))
+        cache.put_partition("ab" * 16, np.zeros((4, 4), dtype=np.int32), (32, 32),
+                            np.ones((4, 4), dtype=np.int32))
     finally:
         os.umask(previous)
     (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -263,12 +264,14 @@ def test_features_whose_arrays_disagree_are_misses(tmp_path):
 
 def test_partitions_of_another_grid_are_misses(tmp_path):
     cache = FeatureCache(tmp_path)
-    cache.put_partition("a" * 32, np.zeros((5, 5), dtype=np.int32), (32, 32))
-    cache.put_partition("b" * 32, np.zeros((4, 5), dtype=np.int32), (32, 32))
-    cache.put_partition("c" * 32, np.zeros((4, 4), dtype=np.float32), (32, 32))
+    ones = np.ones((5, 5), dtype=np.int32)
+    cache.put_partition("a" * 32, np.zeros((5, 5), dtype=np.int32), (32, 32), ones)
+    cache.put_partition("b" * 32, np.zeros((4, 5), dtype=np.int32), (32, 32), ones[:4])
+    cache.put_partition("c" * 32, np.zeros((4, 4), dtype=np.float32), (32, 32), ones[:4, :4])
+    cache.put_partition("d" * 32, np.zeros((5, 5), dtype=np.int32), (32, 32), ones[:4])
     assert cache.partition("a" * 32, grid=5) is not None
     assert cache.partition("a" * 32, grid=4) is None
-    assert cache.partition("b" * 32) is None and cache.partition("c" * 32) is None
+    assert all(cache.partition(c * 32) is None for c in "bcd")
 
 
 def test_embeddings_of_another_width_or_count_are_misses(tmp_path):

@@ -22,7 +22,7 @@ TINY_ARGS = ["--resolution", "64", "--clusters", "2", "--tau", "1", "--n-init", 
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_backbone):
     """`datus` with the tiny random ViT in place of a real download."""
-    monkeypatch.setattr(commands, "load_backbone", lambda *a, **k: tiny_backbone)
+    monkeypatch.setattr(commands, "run_backbone", lambda *a, **k: tiny_backbone)
 
 
 @pytest.fixture
@@ -338,3 +338,76 @@ def test_parsing_imports_no_torch_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_commands_import_no_heavy_stack():
+    """Each heavy package is imported by the stage that needs it, not by the command module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_datus import commands, pipeline, cache;"
+            " heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn', 'scipy', 'igraph',"
+            " 'networkx', 'community', 'dask', 'distributed', 'matplotlib') if m in sys.modules];"
+            " print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.fixture
+def lazy_cli(monkeypatch, tmp_path):
+    """`datus run` with a lazy tiny ViT read from a weights file.
+
+    Returns the list of models built and the line that installs the same backbone in
+    another process.
+    """
+    import torch
+
+    from napari_datus.core import backbone as backbone_module
+    from napari_datus.core.backbone import load_backbone
+    from napari_datus.core.lazy_backbone import LazyBackbone
+    from tests.conftest import make_tiny_vit
+    from tests.core.test_lazy_backbone import NAME, TINY_OPTIONS
+
+    weights = tmp_path / "tiny.pth"
+    torch.save(make_tiny_vit().state_dict(), weights)
+    monkeypatch.setattr(commands, "run_backbone", lambda params, cache: LazyBackbone(
+        NAME, weights, "cpu", facts=cache, input_size=32, **TINY_OPTIONS))
+    builds = []
+    monkeypatch.setattr(backbone_module, "load_backbone",
+                        lambda *a, **k: builds.append(a) or load_backbone(*a, **k))
+    setup = ("from napari_datus.core.lazy_backbone import LazyBackbone;"
+             " commands.run_backbone = lambda params, cache: LazyBackbone("
+             f"{NAME!r}, {str(weights)!r}, 'cpu', facts=cache, input_size=32,"
+             f" **{TINY_OPTIONS!r})")
+    return builds, setup
+
+
+def test_a_rerun_with_another_k_never_builds_the_model(lazy_cli, folder, capsys):
+    builds, _ = lazy_cli
+    for k, out in ((2, "cold"), (3, "warm")):
+        code, _ = datus(capsys, "run", folder / "images", "--out", folder / out,
+                        *TINY_ARGS[:2], "--clusters", k, "--tau", "1", "--n-init", "2")
+        assert code == 0
+    assert len(builds) == 1
+    warm = json.loads((folder / "warm" / "run.json").read_text())
+    assert warm["params"]["weights_source"] == "file" and warm["params"]["weights_sha256"]
+    assert warm["device"] == "cpu" and warm["timings"]["keys"] == 0
+
+
+def test_a_cached_rerun_imports_neither_torch_nor_timm(lazy_cli, folder, capsys):
+    """The deterministic stand-in for a re-run's speed: no torch, timm or igraph."""
+    import subprocess
+    import sys
+
+    _, setup = lazy_cli
+    argv = ["run", str(folder / "images"), "--out", str(folder / "out"), *TINY_ARGS]
+    assert datus(capsys, *argv)[0] == 0
+    argv[argv.index("--clusters") + 1] = "3"
+    code = (f"import sys; from napari_datus import cli, commands; {setup};"
+            f" status = cli.main({argv!r});"
+            " print(status, [m for m in ('torch', 'timm', 'torchvision', 'igraph')"
+            " if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []"

@@ -67,7 +67,7 @@ def test_two_workers_give_the_single_process_results(client, backbone, embedding
 def test_datus_run_on_a_scheduler_writes_the_single_process_files(client, backbone, tmp_path,
                                                                   monkeypatch):
     torch.set_num_threads(1)
-    monkeypatch.setattr(commands, "load_backbone", lambda *a, **k: backbone)
+    monkeypatch.setattr(commands, "run_backbone", lambda *a, **k: backbone)
     images = tmp_path / "images"
     images.mkdir()
     for i, img in enumerate(blocky_images(4)):

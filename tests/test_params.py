@@ -22,6 +22,7 @@ def test_live_settings_are_those_after_the_partition():
 
 @pytest.mark.parametrize("change, changed", [
     ({"resolution": 112}, {"features", "partition", "embeddings"}),
+    ({"precision": "bf16"}, {"features", "partition", "embeddings"}),
     ({"knn": 8}, {"partition", "embeddings"}),
     ({"seed": 3}, {"partition", "embeddings"}),
     ({"embedding": "crop-cls"}, {"embeddings"}),
@@ -39,3 +40,8 @@ def test_graph_memory_is_checked_before_work():
     check_graph_memory(Params(resolution=448), 14, available=2**30)
     with pytest.raises(DatusError, match="choose a lower resolution"):
         check_graph_memory(Params(resolution=2800), 14, available=24 * 2**30)
+
+
+def test_unknown_precision_is_refused_before_work():
+    with pytest.raises(DatusError, match="unknown precision"):
+        Params(precision="fp8").validate()

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_datus import pipeline
 from napari_datus.core.errors import DatusError
 from napari_datus.pipeline import Params, array_sources, drive, run
 
@@ -77,3 +78,24 @@ def test_cancelling_between_images_stops_the_generator(tiny_backbone):
     seen = [next(gen) for _ in range(2)]
     gen.close()
     assert seen[-1].index == 2 and seen[-1].result is not None
+
+
+def test_per_image_stages_get_one_blas_thread(tiny_backbone, monkeypatch):
+    """An idle multi-threaded BLAS pool spins and slows the next ViT forward.
+
+    numpy's BLAS is the one the graph stage multiplies with; scipy's own copy (loaded with
+    scikit-learn by an earlier test's k-means) serves no per-image stage.
+    """
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    original = pipeline.adjacency
+
+    def graph(*args, **kwargs):
+        seen.append(max(i["num_threads"] for i in threadpool_info()
+                        if i["user_api"] == "blas" and "numpy" in i["filepath"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "adjacency", graph)
+    drive(run(array_sources(blocky_images(2)), 2, tiny_params(), tiny_backbone))
+    assert seen == [1, 1]

@@ -4,16 +4,22 @@ Three kinds of entry, one ``.npz`` file each, under ``DATUS_CACHE_DIR`` (default
 user cache folder)::
 
     features/     PatchFeatures of one image (stage 1, the ViT forward)
-    partition/    Louvain partition of the patch grid and the image size (stages 2-3)
+    partition/    Louvain partition of the patch grid, its connected components and the
+                  image size (stages 2-4, before the tau threshold)
     embeddings/   embeddings of connected components, by component id (stage 5)
 
 Keys (:class:`StageKeys`) chain: the features key hashes the image content, the backbone's
-weights and geometry, the package version and the ``features`` settings; the partition key
-adds the ``graph`` settings; the embeddings key adds the ``embedding`` settings. Each
-:class:`~napari_datus.params.Params` field names its stage, so a new setting lands in the
-right key by its declaration. Segments are not stored: splitting a cached partition for a
-given tau takes about a millisecond, less than reading a file. Components are numbered
-independently of tau, so a new tau embeds only the components no earlier tau made valid.
+weights and device type (:func:`backbone_fingerprint`), the package version and the
+``features`` settings; the partition key adds the ``graph`` settings; the embeddings key
+adds the ``embedding`` settings. Each :class:`~napari_datus.params.Params` field names its
+stage, so a new setting lands in the right key by its declaration. Segments are not
+stored: splitting the stored components for a given tau is one ``bincount``. Components are
+numbered independently of tau, so a new tau embeds only the components no earlier tau made
+valid.
+
+A fourth folder, ``backbones/``, holds one small JSON descriptor of a model's geometry per
+weights identity, so that a :class:`~napari_datus.core.lazy_backbone.LazyBackbone` answers
+without building its model when every feature it would compute is already here.
 
 Writes are atomic (:func:`~napari_datus.io.atomic.atomic_path`), so concurrent dask workers
 may share one folder. An entry that is unreadable, not a regular file (a FIFO would block the
@@ -26,6 +32,7 @@ miss and is rewritten. A folder that cannot be written is reported once with a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -34,27 +41,31 @@ import weakref
 import zipfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 import platformdirs
-import torch
 
 from napari_datus import __version__
-from napari_datus.core.backbone import Backbone
 from napari_datus.core.choices import CACHE_ENV
 from napari_datus.core.features import PatchFeatures
 from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_image
 
 if TYPE_CHECKING:
+    import torch
+
+    from napari_datus.core.backbone import Backbone
+    from napari_datus.core.lazy_backbone import LazyBackbone
     from napari_datus.params import Params
 
 # Bump when a stage's output changes for the same inputs, to orphan old entries.
-CACHE_FORMAT = 1
+# 2: partition entries hold the connected components too.
+CACHE_FORMAT = 2
 # Reading an entry that is truncated, not an npz or missing arrays raises one of these.
 _BAD_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+BACKBONES = "backbones"
 
 
 class CacheWarning(UserWarning):
@@ -75,6 +86,16 @@ class ImageFile:
 def file_sources(paths: list[Path]) -> list[tuple[str, ImageFile]]:
     """Pipeline sources ``(stem, load)`` for image files."""
     return [(Path(p).stem, ImageFile(Path(p))) for p in paths]
+
+
+class StoredPartition(NamedTuple):
+    """A cached partition: ``(g, g) int32`` communities, ``(H, W)`` image size and ``(g, g)
+    int32`` connected components (:func:`~napari_datus.core.segments.connected_components`).
+    """
+
+    partition: np.ndarray
+    shape: tuple[int, int]
+    components: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -107,26 +128,37 @@ def file_key(path: Path) -> str:
     return digest("file", Path(path).suffix.lower(), Path(path).read_bytes())
 
 
-def backbone_fingerprint(backbone: Backbone) -> str:
-    """Hash of a backbone's weights, geometry and device type.
+def backbone_fingerprint(backbone: Backbone | LazyBackbone) -> str:
+    """Hash of a backbone's weights and device type.
 
-    The weights are hashed once per model object (about 0.2 s for ViT-S/14), so weights
-    changed in place afterwards go unnoticed: load a new model instead.
+    Weights loaded from a file are known by the file's identity (``weights_id``: its sha256,
+    the architecture and the model options), without the model. Any other model is known by
+    a hash of its state dict and geometry, taken once per model object (about 0.2 s for
+    ViT-S/14), so weights changed in place afterwards go unnoticed: load a new model instead.
     """
-    model = backbone.model
+    identity = backbone.weights_id
+    if identity is None:
+        identity = digest(_state_dict_hash(backbone.model), backbone.name, backbone.patch_size,
+                          backbone.embed_dim, backbone.num_prefix_tokens, backbone.input_size)
+    # bf16 autocast on CUDA gives other features than float32 on CPU.
+    return digest(identity, backbone.device_type)
+
+
+def _state_dict_hash(model: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, shapes, dtypes, bytes), memoised per module."""
     if model not in _FINGERPRINTS:
+        import torch
+
         h = hashlib.sha256()
         for name, tensor in model.state_dict().items():
             raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             h.update(raw)
         _FINGERPRINTS[model] = h.hexdigest()[:32]
-    # bf16 autocast on CUDA gives other features than float32 on CPU.
-    return digest(_FINGERPRINTS[model], backbone.name, backbone.patch_size, backbone.embed_dim,
-                  backbone.num_prefix_tokens, backbone.input_size, backbone.device.type)
+    return _FINGERPRINTS[model]
 
 
-def stage_keys(content: str, backbone: Backbone, params: Params) -> StageKeys:
+def stage_keys(content: str, backbone: Backbone | LazyBackbone, params: Params) -> StageKeys:
     """The keys of one image's stages.
 
     Parameters
@@ -207,9 +239,8 @@ class FeatureCache:
         self._write("features", key, {k: np.asarray(v) for k, v in arrays.items()
                                       if v is not None})
 
-    def partition(self, key: str,
-                  grid: int | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
-        """Cached ``((g, g) int32 partition, (H, W) image size)``, or None on a miss.
+    def partition(self, key: str, grid: int | None = None) -> StoredPartition | None:
+        """The cached partition, its components and image size, or None on a miss.
 
         ``grid``, where given, is the side ``g`` the partition must have.
         """
@@ -217,11 +248,14 @@ class FeatureCache:
         if arrays is None or not _is_partition(arrays, grid):
             return None
         height, width = (int(v) for v in arrays["shape"])
-        return arrays["partition"].astype(np.int32), (height, width)
+        return StoredPartition(arrays["partition"].astype(np.int32), (height, width),
+                               arrays["components"].astype(np.int32))
 
-    def put_partition(self, key: str, partition: np.ndarray, shape: tuple[int, int]) -> None:
-        """Store a partition and the size of the image it came from."""
-        self._write("partition", key, {"partition": partition, "shape": np.asarray(shape)})
+    def put_partition(self, key: str, partition: np.ndarray, shape: tuple[int, int],
+                      components: np.ndarray) -> None:
+        """Store a partition, its connected components and the size of its image."""
+        self._write("partition", key, {"partition": partition, "shape": np.asarray(shape),
+                                       "components": components})
 
     def embeddings(self, key: str, dim: int | None = None) -> ComponentEmbeddings:
         """The component embeddings stored so far (empty on a miss).
@@ -237,6 +271,36 @@ class FeatureCache:
         """Store all component embeddings of an image (replacing the entry)."""
         if stored.vectors is not None:
             self._write("embeddings", key, {"ids": stored.ids, "vectors": stored.vectors})
+
+    def backbone_facts(self, identity: str) -> dict | None:
+        """The descriptor of a model's geometry stored under its weights identity, or None.
+
+        See :class:`~napari_datus.core.lazy_backbone.BackboneFacts` for its fields.
+        """
+        if not self.enabled:
+            return None
+        try:
+            f = _open_regular(self.root / BACKBONES / f"{identity}.json")
+            if f is None:
+                return None
+            with f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return None  # missing or damaged: the model is built and the file rewritten
+        return data if isinstance(data, dict) else None
+
+    def put_backbone_facts(self, identity: str, facts: dict) -> None:
+        """Store the descriptor of a model's geometry (a JSON object of ints)."""
+        if not self.enabled:
+            return
+        path = self.root / BACKBONES / f"{identity}.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(facts, sort_keys=True) + "\n")
+        except OSError as exc:
+            self._give_up(f"cannot write to the cache folder {self.root}"
+                          f" ({exc.strerror or exc}); going on without the cache")
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.npz"
@@ -349,13 +413,16 @@ def _as_features(arrays: dict[str, np.ndarray], grid: int | None,
 
 
 def _is_partition(arrays: dict[str, np.ndarray], grid: int | None) -> bool:
-    """True for a square integer ``(g, g)`` partition (``g == grid`` where given) and a
-    positive ``(H, W)`` integer image size."""
+    """True for a square integer ``(g, g)`` partition (``g == grid`` where given), integer
+    components of its shape and a positive ``(H, W)`` integer image size."""
     partition, shape = arrays.get("partition"), arrays.get("shape")
-    if not _is_int(partition, 2) or not _is_int(shape, 1) or shape.size != 2:
+    components = arrays.get("components")
+    if not (_is_int(partition, 2) and _is_int(components, 2) and _is_int(shape, 1)
+            and shape.size == 2):
         return False
     side = grid if grid is not None else partition.shape[0]
-    return partition.shape == (side, side) and side > 0 and bool((shape > 0).all())
+    return (partition.shape == components.shape == (side, side) and side > 0
+            and bool((shape > 0).all()))
 
 
 def _is_embeddings(arrays: dict[str, np.ndarray], dim: int | None) -> bool:

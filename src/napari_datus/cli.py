@@ -24,6 +24,8 @@ from napari_datus.core.choices import (
     EMBEDDINGS,
     GT_FORMATS,
     PARTITIONS,
+    PRECISIONS,
+    REFINEMENTS,
     default_model,
     default_weights,
 )
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                     help="ViT arithmetic: auto (default) is bf16 autocast on CUDA, float32 on"
+                          " CPU; bf16 on a CPU with AMX or AVX512-BF16 runs the ViT about 1.9x"
+                          " faster, with mIoU within seed noise but other partitions"
+                          " (docs/performance.md)")
     run.add_argument("--affinity", choices=AFFINITIES, default=defaults.affinity)
     run.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
     run.add_argument("--embedding", choices=EMBEDDINGS, default=defaults.embedding)
@@ -78,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight each segment by its size in k-means")
     run.add_argument("--fill-noise", action="store_true",
                      help="label noise patches with their nearest segment's cluster")
+    run.add_argument("--refine", choices=REFINEMENTS, default=defaults.refine,
+                     help="how pseudo masks reach image size: none = nearest upsampling of the"
+                          " patch grid (default %(default)s), guided = edges snapped to the"
+                          " image by a guided filter")
     run.add_argument("--no-cache", action="store_true",
                      help=f"neither read nor write the feature cache (${CACHE_ENV},"
                           " default the user cache folder)")

@@ -1,4 +1,9 @@
-"""What ``datus run`` and ``datus denoise`` do, once :mod:`napari_datus.cli` has parsed them."""
+"""What ``datus run`` and ``datus denoise`` do, once :mod:`napari_datus.cli` has parsed them.
+
+Only what every run needs is imported here; torch, timm and the rest come with the stage
+that needs them, so a re-run whose features are all cached imports neither torch nor timm
+and never builds the model (:class:`~napari_datus.core.lazy_backbone.LazyBackbone`).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +18,16 @@ import numpy as np
 from tqdm import tqdm
 
 from napari_datus.cache import FeatureCache, file_sources
-from napari_datus.core.backbone import load_backbone
-from napari_datus.core.denoise import TrainProgress
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
-from napari_datus.denoise_run import denoise_run, read_run
+from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.distributed import dask_client, segment_images
 from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.dataset import list_images, match_ground_truth
-from napari_datus.io.images import max_pixels
+from napari_datus.io.images import max_pixels, read_array, read_image
 from napari_datus.io.masks import class_colours
 from napari_datus.outputs import (
+    PSEUDO_DIR,
     check_writable,
     command_line,
     package_versions,
@@ -52,7 +56,13 @@ def params_from_args(args: argparse.Namespace) -> Params:
                   batch_size=args.batch_size, affinity=args.affinity, partition=args.partition,
                   embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops,
                   knn=args.knn, embedding_norm=args.embedding_norm,
-                  size_weighted=args.size_weighted, fill_noise=args.fill_noise)
+                  size_weighted=args.size_weighted, fill_noise=args.fill_noise,
+                  precision=args.precision, refine=args.refine)
+
+
+def run_backbone(params: Params, cache: FeatureCache) -> LazyBackbone:
+    """The backbone of a run, built only when an image misses the feature cache."""
+    return LazyBackbone(params.model, params.weights, params.device, facts=cache)
 
 
 def warn(message: str) -> None:
@@ -79,11 +89,12 @@ def run_command(args: argparse.Namespace) -> dict:
     files = list_images(args.images)
     gt_files = match_ground_truth(files, args.gt) if args.gt else {}
     check_writable(out)
-    backbone = load_backbone(params.model, params.weights, params.device)
+    cache = FeatureCache(enabled=not args.no_cache)
+    backbone = run_backbone(params, cache)
+    # Needs the patch size: from the cached descriptor, else the model is built here.
     check_graph_memory(params, backbone.patch_size)
     timer = Timer()
     sources = file_sources(files)
-    cache = FeatureCache(enabled=not args.no_cache)
     with run_folder(out) as run_id:
         with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
                 dask_client(args.dask_scheduler, args.dask_local) as client:
@@ -103,12 +114,12 @@ def run_command(args: argparse.Namespace) -> dict:
         with timer("kmeans"):
             clusters = cluster(results, params)
         metrics_inputs = _write_masks(out, results, clusters, gt_files, gt, args, timer,
-                                      skipped, run_id)
+                                      skipped, run_id, {f.stem: f for f in files})
         run_info = {
             "run_id": run_id,
             "command": command_line(),
             "params": {**params.to_dict(), **backbone.provenance()},
-            "device": str(backbone.device),
+            "device": backbone.device_name,
             "versions": package_versions(),
             "timings": timer.seconds,
             "cache": str(cache.root) if cache.enabled else None,
@@ -165,6 +176,8 @@ def denoise_config(args: argparse.Namespace) -> DenoiseConfig:
 
 def denoise_command(args: argparse.Namespace) -> None:
     """``datus denoise OUT_DIR``: train the de-noiser on a run's pseudo masks, write denoised/."""
+    from napari_datus.denoise_run import denoise_run, read_run
+
     config = denoise_config(args)
     config.validate()
     read_run(args.out)  # a folder that is not a complete run is refused before any output
@@ -177,6 +190,8 @@ def denoise_command(args: argparse.Namespace) -> None:
 
 def _show_denoise_progress(bar: tqdm, event) -> None:
     """Training: step bar with epoch and loss; prediction: image count."""
+    from napari_datus.core.denoise import TrainProgress
+
     if isinstance(event, TrainProgress):
         bar.total = event.epochs * event.steps
         bar.n = (event.epoch - 1) * event.steps + event.step
@@ -190,12 +205,20 @@ def _show_denoise_progress(bar: tqdm, event) -> None:
 
 def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
                  gt: GroundTruthFormat, args: argparse.Namespace, timer: Timer,
-                 skipped: list[Skipped], run_id: str) -> dict | None:
-    """Write pseudo masks, score them against the ground truth, write metrics.json."""
-    scorer = Scorer(args.clusters, gt)
+                 skipped: list[Skipped], run_id: str,
+                 image_files: dict[str, Path] | None = None) -> dict | None:
+    """Write pseudo masks, score them against the ground truth, write metrics.json.
+
+    ``image_files`` (stem -> image) feed ``--refine``, which needs each original image.
+    """
+    scorer = Scorer(args.clusters, gt, boundaries=True)
     for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
                      file=sys.stderr):
-        mask = pseudo_mask(r, c, args.fill_noise)
+        image = None
+        if args.refine != "none" and image_files is not None:
+            with timer("read"):
+                image = read_image(image_files[r.stem])
+        mask = pseudo_mask(r, c, args.fill_noise, args.refine, image)
         with timer("write"):
             write_pseudo_mask(out, r.stem, mask)
         if r.stem not in gt_files:
@@ -218,9 +241,11 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
     colours = class_colours(args.gt_format)
     if colours is not None:
         for r, c in zip(results, clusters):
+            # A refined mask is read back rather than refined a second time.
+            mask = (pseudo_mask(r, c, args.fill_noise) if args.refine == "none" else
+                    read_array(out / PSEUDO_DIR / f"{r.stem}.png"))
             with timer("write"):
-                write_colour_pseudo_mask(out, r.stem, pseudo_mask(r, c, args.fill_noise),
-                                         metrics["mapping"], colours)
+                write_colour_pseudo_mask(out, r.stem, mask, metrics["mapping"], colours)
     return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,
             "classes": scorer.names, "dir": str(args.gt)}
 

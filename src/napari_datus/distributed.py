@@ -1,12 +1,12 @@
 """Stages 1-5 on a dask.distributed cluster; k-means stays on the client.
 
-The client sends the loaded backbone to every worker once (so the weights file need not
-exist on the workers), submits one task per image (each worker reads its own images), and
-gathers the small per-image results (patch-grid maps and segment embeddings) back **in input
-order**: k-means then sees exactly the rows of a single-process run, so for the same seed
-the results are identical, provided the float reductions agree, i.e. workers and client
-run torch with the same thread count (dask's nanny starts workers with
-``OMP_NUM_THREADS=1``; set the client's with ``torch.set_num_threads(1)`` to compare).
+The client builds the model (a lazy backbone's too) and sends it to every worker once (so
+the weights file need not exist on the workers), submits one task per image (each worker
+reads its own images), and gathers the small per-image results (patch-grid maps and segment
+embeddings) back **in input order**: k-means then sees exactly the rows of a single-process
+run, so for the same seed the results are identical, provided the float reductions agree,
+i.e. workers and client run torch with the same thread count (dask's nanny starts workers
+with ``OMP_NUM_THREADS=1``; set the client's with ``torch.set_num_threads(1)`` to compare).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from napari_datus.cache import FeatureCache
-from napari_datus.core.backbone import Backbone
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import check_resolution
+from napari_datus.core.lazy_backbone import LazyBackbone, loaded
 from napari_datus.pipeline import (
     ImageResult,
     ImageSource,
@@ -33,6 +33,8 @@ from napari_datus.pipeline import (
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from napari_datus.core.backbone import Backbone
 
 CONNECT_TIMEOUT = "10s"
 
@@ -79,8 +81,8 @@ def dask_client(scheduler: str | None = None,
 
 
 def segment_images(
-    sources: Iterable[ImageSource], total: int, backbone: Backbone, params: Params,
-    timer: Timer | None = None, cache: FeatureCache | None = None,
+    sources: Iterable[ImageSource], total: int, backbone: Backbone | LazyBackbone,
+    params: Params, timer: Timer | None = None, cache: FeatureCache | None = None,
     client: Client | None = None,
 ) -> Generator[Progress, None, tuple[list[ImageResult], list[Skipped]]]:
     """Stages 1-5 over a dataset, on ``client``'s cluster or (None) in this process.
@@ -94,8 +96,9 @@ def segment_images(
 
 
 def segment_dataset_dask(
-    client: Client, sources: Iterable[ImageSource], total: int, backbone: Backbone,
-    params: Params, timer: Timer | None = None, cache: FeatureCache | None = None,
+    client: Client, sources: Iterable[ImageSource], total: int,
+    backbone: Backbone | LazyBackbone, params: Params, timer: Timer | None = None,
+    cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, tuple[list[ImageResult], list[Skipped]]]:
     """Stages 1-5 over a dataset, one dask task per image.
 
@@ -108,7 +111,7 @@ def segment_dataset_dask(
     params.validate()
     check_resolution(params.resolution, backbone.patch_size)
     timer = timer or Timer()
-    remote_backbone = client.scatter(backbone, broadcast=True)
+    remote_backbone = client.scatter(loaded(backbone), broadcast=True)
     futures = [client.submit(_segment_task, stem, load, remote_backbone, params, cache,
                              pure=False) for stem, load in sources]
     position = {future.key: index for index, future in enumerate(futures)}

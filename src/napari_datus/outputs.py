@@ -45,7 +45,7 @@ RUN_LAYOUT = ("run.json", "metrics.json", PARTITIONS_DIR, SEGMENTS_DIR, PSEUDO_D
               PSEUDO_COLOUR_DIR, DENOISED_DIR, CHECKPOINT_DIR, f".{DENOISED_DIR}.partial",
               f".{DENOISED_DIR}.old", EXPORTED_IMAGES_DIR, "metrics.csv")
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
-                      "scikit-learn", "networkx", "python-louvain", "igraph")
+                      "networkx", "python-louvain", "igraph")
 
 
 def check_writable(out: Path) -> None:

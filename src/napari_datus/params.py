@@ -36,6 +36,8 @@ from napari_datus.core.choices import (
     EMBEDDINGS,
     MAX_SEED,
     PARTITIONS,
+    PRECISIONS,
+    REFINEMENTS,
     default_model,
     default_weights,
 )
@@ -106,6 +108,11 @@ class Params:
     fill_noise: bool = _setting(False, "clustering")
     # Neighbours per patch for the tokens-knn / keys-knn affinities.
     knn: int = _setting(16, "graph")
+    # ViT arithmetic (core.features.uses_bf16): auto = bf16 autocast on CUDA, float32 on CPU.
+    precision: str = _setting("auto", "features")
+    # How the patch-grid pseudo mask reaches image size: "none" = nearest (the paper's),
+    # "guided" = edges snapped to the image by a guided filter (core.refine).
+    refine: str = _setting("none", "clustering")
 
     @staticmethod
     def fields_of(*stages: str) -> tuple[str, ...]:
@@ -122,7 +129,8 @@ class Params:
     def validate(self) -> None:
         """Raise one DatusError naming the first bad setting."""
         choices = {"affinity": AFFINITIES, "partition": PARTITIONS, "embedding": EMBEDDINGS,
-                   "embedding_norm": EMBEDDING_NORMS}
+                   "embedding_norm": EMBEDDING_NORMS, "precision": PRECISIONS,
+                   "refine": REFINEMENTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DatusError(f"unknown {name} {getattr(self, name)!r}:"

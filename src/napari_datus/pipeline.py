@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+from threadpoolctl import ThreadpoolController
 
 from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
-from napari_datus.core.backbone import Backbone, load_backbone
 from napari_datus.core.embeddings import (
     crop_cls_embeddings,
     pooled_token_embeddings,
@@ -34,6 +33,7 @@ from napari_datus.core.features import (
     resize_image,
 )
 from napari_datus.core.graph import adjacency
+from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.core.partition import louvain
 from napari_datus.core.pseudolabel import (
     cluster_segments,
@@ -41,9 +41,22 @@ from napari_datus.core.pseudolabel import (
     paint_grid,
     upsample_nearest,
 )
-from napari_datus.core.segments import Segments, split_segments
+from napari_datus.core.refine import refine_mask
+from napari_datus.core.segments import (
+    Segments,
+    connected_components,
+    split_components,
+    split_segments,
+)
 from napari_datus.core.whitening import normalise_embeddings
 from napari_datus.params import Params, check_graph_memory
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_datus.core.backbone import Backbone
+
+    AnyBackbone = Backbone | LazyBackbone
 
 STAGES = ("read", "keys", "graph", "partition", "segments", "embeddings", "kmeans", "write")
 
@@ -101,9 +114,13 @@ class DatasetResult:
     skipped: list[Skipped]
     params: Params
 
-    def pseudo_mask(self, index: int) -> np.ndarray:
-        """(H, W) uint8 initial pseudo mask of image ``index``, 255 = unlabelled."""
-        return pseudo_mask(self.results[index], self.clusters[index], self.params.fill_noise)
+    def pseudo_mask(self, index: int, image: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) uint8 initial pseudo mask of image ``index``, 255 = unlabelled.
+
+        ``image`` ((H, W, 3) uint8) is needed when ``params.refine`` is not ``none``.
+        """
+        return pseudo_mask(self.results[index], self.clusters[index], self.params.fill_noise,
+                           self.params.refine, image)
 
     def segment_counts(self) -> dict[str, float]:
         """Valid and noise segment counts, and the valid fraction (paper Table II)."""
@@ -145,14 +162,14 @@ def check_image_size(shape: tuple[int, ...], patch_size: int, name: str) -> None
                          f" {patch_size}-pixel patches a side")
 
 
-def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: str = "",
+def segment_image(image: np.ndarray, backbone: AnyBackbone, params: Params, stem: str = "",
                   timer: Timer | None = None, cache: FeatureCache | None = None) -> ImageResult:
     """Stages 1-5 on one image.
 
     Parameters
     ----------
     image : (H, W, 3) uint8 RGB
-    backbone : Backbone
+    backbone : Backbone or LazyBackbone
     params : Params
     stem : str
         Name for messages and outputs.
@@ -167,14 +184,14 @@ def segment_image(image: np.ndarray, backbone: Backbone, params: Params, stem: s
     check_image_size(image.shape, backbone.patch_size, stem or "image")
     with timer("keys"):
         resized = resize_image(image, params.resolution)
-        features = extract_features(backbone, resized)
+        features = extract_features(backbone, resized, params.precision)
     return segment_features(features, params, (int(image.shape[0]), int(image.shape[1])),
                             stem, timer, backbone, resized)
 
 
 def segment_features(features: PatchFeatures, params: Params, shape: tuple[int, int],
                      stem: str = "", timer: Timer | None = None,
-                     backbone: Backbone | None = None,
+                     backbone: AnyBackbone | None = None,
                      resized: torch.Tensor | None = None) -> ImageResult:
     """Stages 2-5 from one image's patch features (reused across settings by benchmarks).
 
@@ -205,7 +222,7 @@ def partition_features(features: PatchFeatures, params: Params, timer: Timer) ->
         return louvain(adj, params.seed, params.partition).reshape(features.grid, features.grid)
 
 
-def embed_segments(grid: np.ndarray, params: Params, backbone: Backbone | None,
+def embed_segments(grid: np.ndarray, params: Params, backbone: AnyBackbone | None,
                    features: Callable[[], PatchFeatures],
                    resized: Callable[[], torch.Tensor | None]) -> np.ndarray:
     """Stage 5 for the segments of ``grid``.
@@ -224,7 +241,7 @@ def embed_segments(grid: np.ndarray, params: Params, backbone: Backbone | None,
         image = resized()
         if backbone is None or image is None:
             raise DatusError("the crop-cls embedding needs the backbone and resized image")
-        return crop_cls_embeddings(backbone, image, grid, params.batch_size)
+        return crop_cls_embeddings(backbone, image, grid, params.batch_size, params.precision)
     return pooled_token_embeddings(features().tokens, grid)
 
 
@@ -232,7 +249,7 @@ class _CachedInputs:
     """One source's cache keys, decoded image, resized image and features, each made at
     most once and only when a stage missing from the cache needs it."""
 
-    def __init__(self, stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+    def __init__(self, stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
                  params: Params, timer: Timer, cache: FeatureCache) -> None:
         self.stem, self.load, self.backbone = stem, load, backbone
         self.params, self.timer, self.cache = params, timer, cache
@@ -269,18 +286,19 @@ class _CachedInputs:
                                            dim=self.backbone.embed_dim)
         if features is None:
             with self.timer("keys"):
-                features = extract_features(self.backbone, self.resized)
+                features = extract_features(self.backbone, self.resized,
+                                            self.params.precision)
             with self.timer("cache"):
                 self.cache.put_features(self.keys.features, features)
         return features
 
 
-def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
                     params: Params, timer: Timer, cache: FeatureCache) -> ImageResult:
     """Stages 1-5 for one source, running only the stages the cache misses.
 
     A stored partition skips the ViT, graph and Louvain (and, for an :class:`ImageFile`,
-    the decoding); the segments are re-split for this tau and only components never
+    the decoding); its stored components are split for this tau and only components never
     embedded before are embedded.
     """
     inputs = _CachedInputs(stem, load, backbone, params, timer, cache)
@@ -289,12 +307,14 @@ def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: Backbon
     if stored is None:
         partition = partition_features(inputs.features, params, timer)
         shape = (int(inputs.image.shape[0]), int(inputs.image.shape[1]))
+        with timer("segments"):
+            components = connected_components(partition)
         with timer("cache"):
-            cache.put_partition(inputs.keys.partition, partition, shape)
+            cache.put_partition(inputs.keys.partition, partition, shape, components)
     else:
-        partition, shape = stored
+        partition, shape, components = stored
     with timer("segments"):
-        segments = split_segments(partition, params.tau)
+        segments = split_components(components, params.tau)
     with timer("embeddings"):
         embeddings = _cached_embeddings(inputs, segments)
     return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
@@ -324,7 +344,7 @@ def _cached_embeddings(inputs: _CachedInputs, segments: Segments) -> np.ndarray:
 ImageSource = tuple[str, Callable[[], np.ndarray]]
 
 
-def segment_source(stem: str, load: Callable[[], np.ndarray], backbone: Backbone,
+def segment_source(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
                    params: Params, timer: Timer | None = None,
                    cache: FeatureCache | None = None) -> ImageResult:
     """Stages 1-5 for one source ``(stem, load)``, through the cache when one is given."""
@@ -337,7 +357,7 @@ def segment_source(stem: str, load: Callable[[], np.ndarray], backbone: Backbone
 
 
 def segment_dataset(
-    sources: Iterable[ImageSource], total: int, backbone: Backbone, params: Params,
+    sources: Iterable[ImageSource], total: int, backbone: AnyBackbone, params: Params,
     timer: Timer | None = None, cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, tuple[list[ImageResult], list[Skipped]]]:
     """Stages 1-5 over a dataset, one image at a time.
@@ -366,7 +386,8 @@ def segment_dataset(
     skipped: list[Skipped] = []
     for index, (stem, load) in enumerate(sources, start=1):
         try:
-            result = segment_source(stem, load, backbone, params, timer, cache)
+            with one_blas_thread():
+                result = segment_source(stem, load, backbone, params, timer, cache)
         except DatusError as exc:
             skipped.append(Skipped(file=stem, reason=str(exc)))
             yield Progress("segments", index, total, stem)
@@ -374,6 +395,22 @@ def segment_dataset(
         results.append(result)
         yield Progress("segments", index, total, stem, result)
     return results, skipped
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS uses one thread.
+
+    The per-image stages multiply small matrices; a multi-threaded OpenBLAS pool then spins
+    after each call and takes the cores the next ViT forward runs on (measured on 2 cores:
+    0.13 s per forward instead of 0.07). Set per image, not around the loop, so that no
+    setting outlives a generator left suspended.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
@@ -395,31 +432,39 @@ def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
     return np.split(labels, np.cumsum(counts)[:-1]) if counts else []
 
 
-def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = False) -> np.ndarray:
+def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = False,
+                refine: str = "none", image: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 initial pseudo mask at the original image size, 255 = unlabelled.
 
     With ``fill_noise`` noise patches take their nearest valid segment's cluster.
+    ``refine`` (:func:`napari_datus.core.refine.refine_mask`) says how the patch grid
+    reaches image size; ``guided`` needs ``image``, the (H, W, 3) uint8 original.
     """
     grid = paint_grid(result.segments.valid, clusters)
     if fill_noise:
         grid = fill_unlabelled(grid)
-    return upsample_nearest(grid, result.shape)
+    if refine == "none":
+        return upsample_nearest(grid, result.shape)
+    return refine_mask(grid, result.shape, refine, image)
 
 
 def run(
     sources: Iterable[ImageSource], total: int, params: Params,
-    backbone: Backbone | None = None, cache: FeatureCache | None = None,
+    backbone: AnyBackbone | None = None, cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, DatasetResult]:
     """Stages 1-6 over a dataset (the napari widget's entry point).
 
     Yields Progress per image and once for k-means; returns a DatasetResult. With a warm
-    ``cache`` a change of K (or tau) re-runs only k-means (and the segment split).
+    ``cache`` a change of K (or tau) re-runs only k-means (and the segment split). Without
+    a ``backbone`` one is made from ``params`` (a
+    :class:`~napari_datus.core.lazy_backbone.LazyBackbone`, built only if a stage needs it).
     """
     params.validate()
     timer = Timer()
     if backbone is None:
-        yield Progress("loading model", 0, total)
-        backbone = load_backbone(params.model, params.weights, params.device)
+        # Built on the first cache miss: a fully cached run never loads the model.
+        backbone = LazyBackbone(params.model, params.weights, params.device,
+                                facts=cache if cache is not None and cache.enabled else None)
     check_graph_memory(params, backbone.patch_size)
     results, skipped = yield from segment_dataset(sources, total, backbone, params, timer,
                                                   cache)

@@ -5,7 +5,7 @@ import torch
 
 from napari_datus.core.backbone import Backbone
 from napari_datus.core.errors import DatusError
-from napari_datus.core.features import extract_features, resize_image
+from napari_datus.core.features import extract_features, resize_image, uses_bf16
 from tests.conftest import TINY_KWARGS
 
 
@@ -49,3 +49,27 @@ def test_resize_keeps_rgb_order():
     t = resize_image(image, 16)
     assert t.shape == (3, 16, 16)
     assert float(t[0].min()) > 0.99 and float(t[1:].max()) < 0.01
+
+
+@pytest.mark.parametrize("device, precision, bf16", [
+    ("cpu", "auto", False), ("cuda", "auto", True), ("cpu", "bf16", True),
+    ("cuda", "fp32", False), ("cpu", "fp32", False),
+])
+def test_precision_decides_the_autocast(device, precision, bf16):
+    assert uses_bf16(device, precision) is bf16
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(DatusError, match="unknown precision"):
+        uses_bf16("cpu", "fp8")
+
+
+def test_bf16_features_are_close_to_float32(tiny_backbone, rng):
+    image = resize_image(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), 48)
+    exact = extract_features(tiny_backbone, image, "fp32")
+    bf16 = extract_features(tiny_backbone, image, "bf16")
+    assert bf16.tokens.dtype == np.float32
+    cosine = (exact.tokens * bf16.tokens).sum(1) / (
+        np.linalg.norm(exact.tokens, axis=1) * np.linalg.norm(bf16.tokens, axis=1))
+    assert cosine.min() > 0.99
+    assert not np.array_equal(exact.tokens, bf16.tokens)

@@ -39,3 +39,12 @@ def test_upsample_is_nearest_and_exact_on_multiples():
     assert up.dtype == np.uint8
     odd = upsample_nearest(grid, (37, 53))
     assert odd.shape == (37, 53) and set(np.unique(odd)) == {0, 1, 2, 255}
+
+
+def test_upsample_equals_the_two_dimensional_gather():
+    grid = np.random.default_rng(0).integers(0, 300, (16, 16)).astype(np.int32)
+    for shape in ((480, 640), (37, 53), (16, 16), (7, 9)):
+        rows = np.minimum(((np.arange(shape[0]) + 0.5) * 16 / shape[0]).astype(int), 15)
+        cols = np.minimum(((np.arange(shape[1]) + 0.5) * 16 / shape[1]).astype(int), 15)
+        np.testing.assert_array_equal(upsample_nearest(grid, shape),
+                                      grid[rows[:, None], cols[None, :]])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_datus.core.segments import connected_components, split_segments
+from napari_datus.core.segments import connected_components, split_components, split_segments
 
 
 def test_community_in_two_blobs_becomes_two_segments():
@@ -38,3 +38,13 @@ def test_valid_ids_are_consecutive_and_sizes_match():
     ids = np.unique(seg.valid[seg.valid > 0])
     np.testing.assert_array_equal(ids, np.arange(1, seg.n_valid + 1))
     np.testing.assert_array_equal(np.bincount(seg.valid.ravel())[1:], seg.sizes)
+
+
+def test_stored_components_split_as_the_partition_does():
+    partition = np.random.default_rng(2).integers(0, 4, (16, 16))
+    for tau in (0, 2, 5):
+        a, b = split_segments(partition, tau), split_components(connected_components(partition),
+                                                                tau)
+        np.testing.assert_array_equal(a.valid, b.valid)
+        np.testing.assert_array_equal(a.sizes, b.sizes)
+        assert a.n_noise == b.n_noise

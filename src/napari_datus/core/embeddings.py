@@ -9,20 +9,26 @@ Variants (``--embedding``):
 ``pooled-tokens``
     The mean of the segment's final normed patch tokens from the first forward: no
     second forward per segment.
+
+torch is imported by the functions that use it, so ``pooled-tokens`` from cached tokens and
+:func:`l2_normalize` run without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from napari_datus.core.backbone import Backbone
 from napari_datus.core.choices import EMBEDDINGS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import autocast, normalize
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_datus.core.backbone import Backbone
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -49,6 +55,9 @@ def masked_crops(image: torch.Tensor, segments: np.ndarray, patch_size: int,
     ------
     (3, out_size, out_size) float tensor in [0, 1], one per segment 1..n
     """
+    import torch
+    import torch.nn.functional as F
+
     n = int(segments.max(initial=0))
     pixel_ids = torch.from_numpy(
         np.kron(segments, np.ones((patch_size, patch_size), dtype=segments.dtype))
@@ -64,32 +73,38 @@ def masked_crops(image: torch.Tensor, segments: np.ndarray, patch_size: int,
         yield crop[0].clamp_(0.0, 1.0)
 
 
-@torch.inference_mode()
 def crop_cls_embeddings(backbone: Backbone, image: torch.Tensor, segments: np.ndarray,
-                        batch_size: int = 32) -> np.ndarray:
+                        batch_size: int = 32, precision: str = "auto") -> np.ndarray:
     """The paper's segment embeddings: CLS token of each masked crop (see
     :func:`image_vectors` for a ViT without one).
+
+    Parameters
+    ----------
+    precision : ``auto``, ``fp32`` or ``bf16`` (:func:`~napari_datus.core.features.uses_bf16`)
 
     Returns
     -------
     (n, D) float32, L2-normalised
     """
+    import torch
+
     out: list[np.ndarray] = []
     batch: list[torch.Tensor] = []
 
     def flush() -> None:
         x = normalize(torch.stack(batch).to(backbone.device))
-        with autocast(backbone.device):
+        with autocast(backbone.device, precision):
             vectors = image_vectors(backbone, backbone.model.forward_features(x))
         out.append(vectors.float().cpu().numpy())
         batch.clear()
 
-    for crop in masked_crops(image, segments, backbone.patch_size, backbone.input_size):
-        batch.append(crop)
-        if len(batch) == batch_size:
+    with torch.inference_mode():
+        for crop in masked_crops(image, segments, backbone.patch_size, backbone.input_size):
+            batch.append(crop)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     if not out:
         return np.zeros((0, backbone.embed_dim), dtype=np.float32)
     return l2_normalize(np.concatenate(out))

@@ -1,18 +1,26 @@
-"""Stage 1: resize an image, run the ViT once, keep last-block keys and final patch tokens."""
+"""Stage 1: resize an image, run the ViT once, keep last-block keys and final patch tokens.
+
+torch is imported by the functions that compute, not by this module: a run whose features
+are all cached reads :class:`PatchFeatures` without it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from napari_datus.core.backbone import Backbone
+from napari_datus.core.choices import PRECISIONS
 from napari_datus.core.errors import DatusError
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+if TYPE_CHECKING:
+    import torch
+
+    from napari_datus.core.backbone import Backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -64,6 +72,9 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     -------
     (3, size, size) float32 tensor in [0, 1]
     """
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     t = F.interpolate(t[None], size=(size, size), mode="bicubic", antialias=True,
                       align_corners=False)
@@ -72,17 +83,29 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalise ``(..., 3, H, W)`` floats in [0, 1]."""
-    return (batch - IMAGENET_MEAN.to(batch.device)) / IMAGENET_STD.to(batch.device)
+    mean = batch.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = batch.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return (batch - mean) / std
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (halves the forward time), a no-op context on CPU."""
+def uses_bf16(device_type: str, precision: str = "auto") -> bool:
+    """Whether the ViT runs under bf16 autocast: ``bf16`` always, ``fp32`` never, ``auto``
+    on CUDA only (about half the forward time there)."""
+    if precision not in PRECISIONS:
+        raise DatusError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of ``precision`` on ``device`` (see :func:`uses_bf16`)."""
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda")
+                          enabled=uses_bf16(device.type, precision))
 
 
-@torch.inference_mode()
-def extract_features(backbone: Backbone, image: torch.Tensor) -> PatchFeatures:
+def extract_features(backbone: Backbone, image: torch.Tensor,
+                     precision: str = "auto") -> PatchFeatures:
     """Run the ViT on one resized image and read keys and tokens.
 
     Parameters
@@ -90,21 +113,24 @@ def extract_features(backbone: Backbone, image: torch.Tensor) -> PatchFeatures:
     backbone : Backbone
     image : (3, T, T) float tensor in [0, 1]
         ``T`` must be a multiple of the patch size.
+    precision : ``auto``, ``fp32`` or ``bf16`` (:func:`uses_bf16`)
 
     Returns
     -------
     PatchFeatures
     """
+    import torch
+
     size = image.shape[-1]
     check_resolution(size, backbone.patch_size)
     grid = size // backbone.patch_size
-    qkv = backbone.model.blocks[-1].attn.qkv
+    model = backbone.model
+    qkv = model.blocks[-1].attn.qkv
     captured: list[torch.Tensor] = []
     handle = qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        x = normalize(image[None].to(backbone.device))
-        with autocast(backbone.device):
-            tokens = backbone.model.forward_features(x)
+        with torch.inference_mode(), autocast(backbone.device, precision):
+            tokens = model.forward_features(normalize(image[None].to(backbone.device)))
     finally:
         handle.remove()
     dim = backbone.embed_dim

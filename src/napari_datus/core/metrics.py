@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
@@ -71,6 +70,8 @@ def hungarian(matrix: np.ndarray) -> dict[int, int | None]:
 
     Works for K < C, K = C and K > C; clusters left over map to ``None``.
     """
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(matrix, maximize=True)
     mapping: dict[int, int | None] = {k: None for k in range(matrix.shape[0])}
     mapping.update({int(r): int(c) for r, c in zip(rows, cols)})

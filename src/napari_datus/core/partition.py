@@ -2,21 +2,22 @@
 
 Backends (``--partition``): ``igraph`` (C implementation of the multilevel
 algorithm, fast, the default) and ``python-louvain`` (the reference, on a networkx
-graph). Both maximise modularity at resolution 1.
+graph). Both maximise modularity at resolution 1. Each backend is imported when first used.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from typing import TYPE_CHECKING
 
-import igraph as ig
-import networkx as nx
 import numpy as np
-from community import community_louvain
 
 from napari_datus.core.choices import PARTITIONS
 from napari_datus.core.errors import DatusError
+
+if TYPE_CHECKING:
+    import igraph as ig
 
 # Above this fraction of node pairs joined, igraph builds the graph faster from the dense
 # matrix than from an edge list (measured: 20 ms for 1024 nodes either way at about 0.2).
@@ -68,6 +69,8 @@ def to_igraph(adj: np.ndarray) -> ig.Graph:
     gets a ``weight`` edge attribute. The diagonal becomes self-loops. Edges are numbered
     in row-major order of the upper triangle either way.
     """
+    import igraph as ig
+
     n = adj.shape[0]
     present = adj != 0
     if np.count_nonzero(present) <= EDGE_LIST_MAX_DENSITY * n * n:
@@ -116,6 +119,8 @@ def modularity(adj: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _louvain_igraph(adj: np.ndarray, seed: int) -> np.ndarray:
+    import igraph as ig
+
     graph = to_igraph(adj)
     if graph.ecount() == 0:
         return np.arange(adj.shape[0])
@@ -131,6 +136,9 @@ def _louvain_igraph(adj: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _louvain_reference(adj: np.ndarray, seed: int) -> np.ndarray:
+    import networkx as nx
+    from community import community_louvain
+
     graph = nx.from_numpy_array(adj)
     if graph.number_of_edges() == 0:
         return np.arange(adj.shape[0])

