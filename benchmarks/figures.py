@@ -8,12 +8,13 @@ Usage::
 
 Runs the default pipeline (``Params()``, or the flags given) over the whole folder, since
 k-means is dataset-wide, then draws one row per image: image | ground truth | Louvain
-partitions | segments (noise white) | initial pseudo mask | de-noised mask (when
-``--denoised`` holds ``<stem>.png`` cluster masks). Pseudo masks take the colour of the
-class their cluster is Hungarian-matched to over the whole set; unmatched clusters are
-grey and unlabelled pixels white (SUIM draws water black). Rows are evenly spaced
-through the sorted file list unless ``--stems`` names them, so the figure is not a pick
-of the best cases.
+partitions | segments (noise white) | initial pseudo mask | the same with guided edges
+(``refine="guided"``) | de-noised mask (when ``--denoised`` holds ``<stem>.png`` cluster
+masks). The column titles give each mask set's mIoU and boundary F1 over the whole folder.
+Pseudo masks take the colour of the class their cluster is Hungarian-matched to over the
+whole set; unmatched clusters are grey and unlabelled pixels white (SUIM draws water
+black). Rows are evenly spaced through the sorted file list unless ``--stems`` names them,
+so the figure is not a pick of the best cases.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from napari_datus.core.boundary import BoundaryScore  # noqa: E402
 from napari_datus.core.metrics import Confusion, evaluate  # noqa: E402
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest  # noqa: E402
 from napari_datus.io.dataset import list_images, match_ground_truth  # noqa: E402
 from napari_datus.io.images import read_array, read_image  # noqa: E402
 from napari_datus.io.masks import class_colours, class_names, read_ground_truth  # noqa: E402
-from napari_datus.pipeline import Params, drive, run  # noqa: E402
+from napari_datus.pipeline import Params, drive, pseudo_mask, run  # noqa: E402
 
 GREY = np.array([128, 128, 128], dtype=np.uint8)
 WHITE = np.full(3, 255, dtype=np.uint8)
@@ -71,6 +73,17 @@ def matched(masks: list[np.ndarray], gts: list[np.ndarray], k: int, names: list[
     for mask, gt in zip(masks, gts):
         confusion.add(mask, gt)
     return evaluate(confusion, names)["mapping"]
+
+
+def scores(masks: list[np.ndarray], gts: list[np.ndarray], k: int, names: list[str]) -> str:
+    """mIoU and boundary F1 (tolerance 1% of the diagonal) of a mask set, for a title."""
+    confusion = Confusion(k, len(names))
+    boundary = BoundaryScore()
+    for mask, gt in zip(masks, gts):
+        confusion.add(mask, gt)
+        boundary.add(mask, gt)
+    miou, f1 = evaluate(confusion, names)["miou"], boundary.result()["f1"]
+    return f"mIoU {miou:.1%}, boundary F1 {f1:.1%}"
 
 
 def pick_rows(stems: list[str], count: int) -> list[int]:
@@ -110,13 +123,18 @@ def main(argv: list[str] | None = None) -> None:
     colours = class_colours(args.gt_format)
     pseudo = [result.pseudo_mask(i) for i in range(len(files))]
     mapping = matched(pseudo, gts, params.clusters, names)
+    guided = [pseudo_mask(r, c, params.fill_noise, "guided", read_image(f))
+              for r, c, f in zip(result.results, result.clusters, files)]
+    guided_mapping = matched(guided, gts, params.clusters, names)
     stems = [f.stem for f in files]
     rows = [stems.index(s) for s in args.stems] if args.stems else pick_rows(stems, args.rows)
     denoised: dict[int, np.ndarray] = {}
     if args.denoised is not None:
         denoised = {i: read_array(args.denoised / f"{stems[i]}.png") for i in range(len(files))
                     if (args.denoised / f"{stems[i]}.png").exists()}
-    titles = ["image", "ground truth", "partitions", "segments", "pseudo mask"]
+    titles = ["image", "ground truth", "partitions", "segments",
+              f"pseudo mask\n{scores(pseudo, gts, params.clusters, names)}",
+              f"guided edges\n{scores(guided, gts, params.clusters, names)}"]
     if denoised:
         titles.append("de-noised")
         k = int(max(m.max() for m in denoised.values())) + 1
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             paint_ids(upsample_nearest(res.partition, shape)),
             paint_ids(upsample_nearest(res.segments.valid, shape), zero_white=True),
             paint_clusters(pseudo[index], mapping, colours),
+            paint_clusters(guided[index], guided_mapping, colours),
         ]
         if denoised:
             panels.append(paint_clusters(denoised[index], denoised_mapping, colours)

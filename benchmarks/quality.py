@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quality_report import aggregate, markdown
 from sklearn.cluster import KMeans
 
 from napari_datus.core.backbone import Backbone, load_backbone
 from napari_datus.core.embeddings import l2_normalize
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import PatchFeatures, extract_features, resize_image
-from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.pseudolabel import upsample_nearest
 from napari_datus.core.whitening import normalise_embeddings
 from napari_datus.evaluation import GroundTruthFormat, Scorer
@@ -61,12 +61,14 @@ N_CLASSES = len(NAMES)
 
 @dataclass
 class Row:
-    """One table row: a name, how it differs from the defaults, and its per-seed results."""
+    """One table row: a name, how it differs from the defaults, and its per-seed results
+    (``boundary``: also score boundary F1, a distance transform per image)."""
 
     name: str
     changes: dict
     kind: str = "datus"  # "datus", "majority" or "token-kmeans"
     seeds: list[dict] = field(default_factory=list)
+    boundary: bool = False
 
 
 class Dataset:
@@ -125,25 +127,29 @@ class Dataset:
         return statistics.mean(self.forward_seconds[resolution])
 
 
-def confusion_of(masks: list[np.ndarray], gts: list[np.ndarray], k: int) -> Confusion:
-    """Dataset confusion of (H, W) uint8 masks (255 = unlabelled) against ground truth
-    decoded by :mod:`napari_datus.evaluation` (the scorer ``datus run`` uses)."""
-    scorer = Scorer(k, classes=NAMES)
+def score_masks(masks: list[np.ndarray], gts: list[np.ndarray], k: int,
+                boundaries: bool = False) -> dict:
+    """Metrics block of (H, W) uint8 masks (255 = unlabelled) against ground truth decoded
+    by :mod:`napari_datus.evaluation` (the scorer ``datus run`` uses)."""
+    scorer = Scorer(k, classes=NAMES, boundaries=boundaries)
     for index, (mask, gt) in enumerate(zip(masks, gts)):
         reason = scorer.add(str(index), mask, gt)
         if reason is not None:
             raise SystemExit(f"quality benchmark: {reason}")
-    return scorer.confusion
+    return scorer.result()
 
 
 def summarise(metrics: dict) -> dict:
-    """The figures a table row needs from one ``evaluate`` block."""
-    return {**{m: metrics[m] for m in METRICS},
-            **{f"strict_{m}": metrics["strict"][m] for m in METRICS},
-            "coverage": metrics["coverage"]}
+    """The figures a table row needs from one metrics block (per-class IoU in suim6 order)."""
+    out = {**{m: metrics[m] for m in METRICS},
+           **{f"strict_{m}": metrics["strict"][m] for m in METRICS},
+           "coverage": metrics["coverage"], "per_class_iou": metrics["per_class_iou"]}
+    if "boundary" in metrics:
+        out["boundary_f1"] = metrics["boundary"]["f1"]
+    return out
 
 
-def run_datus(data: Dataset, params: Params, memo: dict) -> dict:
+def run_datus(data: Dataset, params: Params, memo: dict, boundaries: bool = False) -> dict:
     """Stages 2-6 for every image from cached features; pixel-level metrics of one seed."""
     timer = Timer()
     results: list[ImageResult] = []
@@ -164,11 +170,15 @@ def run_datus(data: Dataset, params: Params, memo: dict) -> dict:
         results.append(result)
     with timer("kmeans"):
         clusters = cluster(results, params)
-    masks = [pseudo_mask(r, c, params.fill_noise) for r, c in zip(results, clusters)]
-    metrics = evaluate(confusion_of(masks, data.gts, params.clusters), NAMES)
+    refine_seconds = time.perf_counter()
+    masks = [pseudo_mask(r, c, params.fill_noise, params.refine,
+                         read_image(data.images[i]) if params.refine != "none" else None)
+             for i, (r, c) in enumerate(zip(results, clusters))]
+    refine_seconds = time.perf_counter() - refine_seconds
+    metrics = score_masks(masks, data.gts, params.clusters, boundaries)
     valid = sum(r.segments.n_valid for r in results)
     noise = sum(r.segments.n_noise for r in results)
-    stage_seconds = sum(timer.seconds.values()) / len(results)
+    stage_seconds = (sum(timer.seconds.values()) + refine_seconds) / len(results)
     return {**summarise(metrics), "segments_per_image": valid / len(results),
             "valid_fraction": valid / max(valid + noise, 1),
             "seconds_per_image": stage_seconds + data.time_forward(params.resolution),
@@ -187,7 +197,7 @@ def run_token_kmeans(data: Dataset, params: Params) -> dict:
     grids = np.split(labels, np.cumsum([t.shape[0] for t in tokens])[:-1])
     masks = [upsample_nearest(g.reshape(int(np.sqrt(g.size)), -1), gt.shape)
              for g, gt in zip(grids, data.gts)]
-    metrics = evaluate(confusion_of(masks, data.gts, params.clusters), NAMES)
+    metrics = score_masks(masks, data.gts, params.clusters)
     seconds = (time.perf_counter() - start) / len(data.images)
     return {**summarise(metrics), "seconds_per_image": seconds
             + data.time_forward(params.resolution), "metrics": metrics}
@@ -197,7 +207,7 @@ def run_majority(data: Dataset) -> dict:
     """Every pixel predicted as the most frequent ground-truth class."""
     counts = sum(np.bincount(gt[gt >= 0], minlength=N_CLASSES) for gt in data.gts)
     masks = [np.zeros(gt.shape, dtype=np.uint8) for gt in data.gts]  # one cluster, id 0
-    metrics = evaluate(confusion_of(masks, data.gts, 1), NAMES)
+    metrics = score_masks(masks, data.gts, 1)
     assert metrics["mapping"]["0"] == int(np.argmax(counts))
     return {**summarise(metrics), "seconds_per_image": 0.0, "metrics": metrics}
 
@@ -219,12 +229,19 @@ ABLATIONS = [
     ("K 7", {"clusters": 7}),
     ("K 8", {"clusters": 8}),
     ("K 12", {"clusters": 12}),
-    ("resolution 448", {"resolution": 448}),
+    *[(f"resolution {r}", {"resolution": r}) for r in (224, 448)],
+    *[(f"grouping {g}", {"grouping": g}) for g in ("kmeans", "merge")],
+    *[(f"overcluster {j}", {"grouping": "merge", "overcluster": j}) for j in (24, 96)],
 ]
+# Issue 13: the defaults before it (chosen on the test set), and the refinement pair.
+PREVIOUS_DEFAULT = {"resolution": 224, "grouping": "kmeans", "refine": "none"}
+REFINE_ROWS = [("defaults, refine none (boundary)", {"refine": "none"}),
+               ("defaults, refine guided (boundary)", {"refine": "guided"})]
 
 
 def plan(name: str) -> list[Row]:
-    """Rows of a sweep: context rows, the paper's method, the defaults, then ablations."""
+    """Rows of a sweep: context rows, the paper's method, the defaults, then ablations
+    (``core``: the rows of the suim_dev / suim_test tables, without the slow crop-cls ones)."""
     l2 = {"embedding_norm": "l2"}
     rows = [
         Row("majority class everywhere", {}, kind="majority"),
@@ -233,25 +250,34 @@ def plan(name: str) -> list[Row]:
             kind="token-kmeans"),
         Row("token k-means, no graph, T=448", {**l2, "resolution": 448}, kind="token-kmeans"),
         Row("paper as written (raw keys, crop-cls, self-loops)",
-            {"affinity": "paper", "embedding": "crop-cls", "self_loops": True}),
-        Row("paper with keys-nobias (crop-cls)", {"affinity": "keys-nobias",
+            {**PREVIOUS_DEFAULT, "affinity": "paper", "embedding": "crop-cls",
+             "self_loops": True}),
+        Row("paper with keys-nobias (crop-cls)", {**PREVIOUS_DEFAULT, "affinity": "keys-nobias",
                                                  "embedding": "crop-cls"}),
-        Row("previous default (keys-nobias, pooled-tokens)", {"affinity": "keys-nobias"}),
-        Row("previous default + standardise", {"affinity": "keys-nobias",
-                                               "embedding_norm": "standardise"}),
+        Row("older default (keys-nobias, pooled-tokens)", {**PREVIOUS_DEFAULT,
+                                                           "affinity": "keys-nobias"}),
+        Row("previous default (tokens-knn, k-means, T=224)", PREVIOUS_DEFAULT),
         Row("defaults", {}),
+        *[Row(n, c, boundary=True) for n, c in REFINE_ROWS],
         *[Row(n, c) for n, c in ABLATIONS],
     ]
     if name == "quick":
         slow = ("crop-cls", "448")
         rows = [r for r in rows if not any(s in r.name for s in slow)]
+    if name == "core":
+        keep = ("majority", "token k-means, no graph (DESIGN 3b)", "previous default",
+                "defaults", "overcluster", "resolution 448")
+        rows = [r for r in rows if any(r.name.startswith(k) for k in keep)]
     return rows
 
 
 def stored_result(data: Dataset, kind: str, params: Params) -> Path:
     """File holding one seed's result of a fully resolved setting (rows rerun only if changed)."""
+    # The token baseline ignores the grouping and refinement settings (added after its
+    # stored results): left out of its key so those results stay valid.
+    ignored = {"weights"} | ({"refine", "grouping", "overcluster"} if kind != "datus" else set())
     key = json.dumps([kind, data.model_key, [p.name for p in data.images],
-                      {k: v for k, v in params.to_dict().items() if k != "weights"}])
+                      {k: v for k, v in params.to_dict().items() if k not in ignored}])
     return data.cache / "rows" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
 
 
@@ -260,7 +286,8 @@ def run_row(row: Row, data: Dataset, base: Params, seeds: list[int], memo: dict)
     for seed in seeds if row.kind != "majority" else seeds[:1]:
         params = replace(base, seed=seed, **row.changes)
         stored = stored_result(data, row.kind, params)
-        if stored.exists():
+        # A stored result lacking a figure this row needs (boundary F1) is recomputed.
+        if stored.exists() and (not row.boundary or "boundary_f1" in stored.read_text()):
             row.seeds.append(json.loads(stored.read_text()))
             continue
         try:
@@ -269,7 +296,7 @@ def run_row(row: Row, data: Dataset, base: Params, seeds: list[int], memo: dict)
             elif row.kind == "token-kmeans":
                 result = run_token_kmeans(data, params)
             else:
-                result = run_datus(data, params, memo)
+                result = run_datus(data, params, memo, row.boundary)
         except DatusError as exc:
             result = {"error": str(exc)}
         row.seeds.append({"seed": seed, **result})
@@ -278,75 +305,6 @@ def run_row(row: Row, data: Dataset, base: Params, seeds: list[int], memo: dict)
         print(f"{row.name} seed {seed}: " + (result.get("error") or
               " ".join(f"{m}={result[m]:.4f}" for m in (*METRICS, "coverage"))),
               file=sys.stderr, flush=True)
-
-
-def aggregate(row: Row) -> dict:
-    """Mean and spread (min, max) over seeds of every figure of a row."""
-    ok = [s for s in row.seeds if "error" not in s]
-    if not ok:
-        return {"error": row.seeds[0]["error"] if row.seeds else "not run"}
-    out = {}
-    for key in (*METRICS, *(f"strict_{m}" for m in METRICS), "coverage",
-                "segments_per_image", "valid_fraction", "seconds_per_image"):
-        values = [s[key] for s in ok if key in s]
-        if values:
-            out[key] = {"mean": statistics.mean(values), "min": min(values),
-                        "max": max(values)}
-    return out
-
-
-def command_of(row: Row, base: Params) -> str:
-    """The ``datus run`` flags that reproduce a row (one seed; add ``--seed S``)."""
-    if row.kind != "datus":
-        return f"`python benchmarks/quality.py IMAGES GT --only '{row.name}'`"
-    params = replace(base, **row.changes)
-    flags = [f"--resolution {params.resolution}", f"--clusters {params.clusters}",
-             f"--tau {params.tau}", f"--affinity {params.affinity}",
-             f"--partition {params.partition}", f"--embedding {params.embedding}",
-             f"--n-init {params.n_init}", f"--embedding-norm {params.embedding_norm}"]
-    if params.affinity.endswith("-knn"):
-        flags.append(f"--knn {params.knn}")
-    flags += [flag for flag, on in (("--self-loops", params.self_loops),
-                                    ("--size-weighted", params.size_weighted),
-                                    ("--fill-noise", params.fill_noise)) if on]
-    return "`datus run IMAGES --gt GT --gt-format suim6 --out OUT " + " ".join(flags) + "`"
-
-
-def cell(stats: dict, key: str, pct: bool = True) -> str:
-    """``mean (min-max)`` of one figure, in percent for fractions."""
-    if key not in stats:
-        return "-"
-    f = 100.0 if pct else 1.0
-    s = stats[key]
-    if s["min"] == s["max"]:
-        return f"{s['mean'] * f:.2f}"
-    return f"{s['mean'] * f:.2f} ({s['min'] * f:.1f}-{s['max'] * f:.1f})"
-
-
-def markdown(rows: list[Row], base: Params, n_images: int, seeds: list[int]) -> str:
-    """The results table: figures in percent, mean (min-max) over seeds."""
-    lines = [
-        f"Initial pseudo masks, {n_images} images, pixel level at ground-truth resolution,"
-        f" 6 classes; mean (min-max) over seeds {', '.join(map(str, seeds))}. Paper figures"
-        " drop unlabelled pixels; strict figures count them wrong.",
-        "",
-        "| row | mIoU | PAcc | mean F1 | strict mIoU | strict PAcc | coverage | segments/img"
-        " | % valid | s/img | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        stats = aggregate(row)
-        if "error" in stats:
-            lines.append(f"| {row.name} | {stats['error']} | | | | | | | | | "
-                         f"{command_of(row, base)} |")
-            continue
-        lines.append("| " + " | ".join([
-            row.name, cell(stats, "miou"), cell(stats, "pixel_accuracy"),
-            cell(stats, "mean_f1"), cell(stats, "strict_miou"),
-            cell(stats, "strict_pixel_accuracy"), cell(stats, "coverage"),
-            cell(stats, "segments_per_image", pct=False), cell(stats, "valid_fraction"),
-            cell(stats, "seconds_per_image", pct=False), command_of(row, base)]) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def read_ground_truths(files: list[Path], gt_files: dict[str, Path], spec: GroundTruthFormat
@@ -373,7 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the table's class protocol (the paper's 6 SUIM classes)")
     parser.add_argument("--model", default="vit_small_patch14_dinov2")
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--plan", default="full", choices=("full", "quick"))
+    parser.add_argument("--plan", default="full", choices=("full", "quick", "core"))
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only rows whose name contains one of these strings")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -405,8 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         run_row(row, data, base, args.seeds, memo)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown(rows, base, len(files), args.seeds))
+    command = "python " + " ".join(sys.argv)
+    text = markdown(rows, base, len(files), args.seeds, title=f"{args.images}")
+    notes = [f"Command: `{command}`"] + [f"Left out: {s['file']}: {s['reason']}"
+                                         for s in skipped]
+    args.out.with_suffix(".md").write_text(text + "\n" + "\n\n".join(notes) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({
+        "command": command, "skipped": skipped,
         "images": [f.stem for f in files], "seeds": args.seeds,
         "defaults": {k: v for k, v in base.to_dict().items() if k != "weights"},
         "rows": [{"name": r.name, "kind": r.kind, "changes": r.changes,

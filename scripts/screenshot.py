@@ -18,6 +18,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_datus._widgets import PipelineWidget
@@ -57,8 +58,10 @@ def main() -> int:
     viewer = napari.Viewer(title="napari-datus")
     viewer.window.resize(1750, 1050)
     viewer.open_sample("napari-datus", "suim")
-    _, pipeline = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS pipeline")
-    _, metrics = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
+    pipeline_dock, pipeline = viewer.window.add_plugin_dock_widget("napari-datus",
+                                                                   "DatUS pipeline")
+    metrics_dock, metrics = viewer.window.add_plugin_dock_widget("napari-datus",
+                                                                 "DatUS metrics")
     pipeline.run()
     cold = wait_for(pipeline)
     pipeline.run()
@@ -81,6 +84,9 @@ def main() -> int:
     viewer.layers.selection.active = viewer.layers["suim pseudo mask"]
     viewer.layers["suim pseudo mask"].opacity = 0.55
     viewer.reset_view()
+    # The metrics dock gets most of the height, as a user who has run and now checks does.
+    viewer.window._qt_window.resizeDocks([pipeline_dock, metrics_dock], [260, 760],
+                                         Qt.Orientation.Vertical)
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)

@@ -155,7 +155,10 @@ def test_real_weights_on_suim_images_metrics_match_written_masks(tmp_path, capsy
         mask = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
         confusion.add(mask, read_ground_truth(SUIM_MASKS / f"{stem}.png", "suim6"))
     recomputed = evaluate(confusion, metrics["classes"])
-    assert json.loads(json.dumps(recomputed)) == metrics["initial"]
+    initial = dict(metrics["initial"])
+    boundary = initial.pop("boundary")  # added by datus run on top of evaluate's block
+    assert json.loads(json.dumps(recomputed)) == initial
+    assert 0.0 <= boundary["f1"] <= 1.0 and boundary["images"] == len(stems)
     assert metrics["initial"]["coverage"] > 0.5
     run = json.loads((out / "run.json").read_text())
     assert run["params"]["weights"] == str(WEIGHTS)
@@ -411,3 +414,44 @@ def test_a_cached_rerun_imports_neither_torch_nor_timm(lazy_cli, folder, capsys)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "0 []"
+
+
+def test_grouping_and_refinement_flags_reach_run_json_and_metrics(tiny_cli, folder, capsys):
+    out = folder / "out"
+    code, _ = datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
+                    "--gt-format", "suim8", *TINY_ARGS, "--grouping", "merge",
+                    "--overcluster", "3", "--refine", "guided")
+    assert code == 0
+    params = json.loads((out / "run.json").read_text())["params"]
+    assert (params["grouping"], params["overcluster"], params["refine"]) == ("merge", 3,
+                                                                             "guided")
+    mask = np.asarray(Image.open(out / "pseudo_masks" / "im1.png"))
+    assert mask.shape == (64, 80) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    initial = json.loads((out / "metrics.json").read_text())["initial"]
+    assert 0.0 <= initial["boundary"]["f1"] <= 1.0 and initial["boundary"]["images"] == 3
+    assert sorted(p.name for p in (out / "pseudo_masks_colour").iterdir()) == [
+        "im0.png", "im1.png", "im2.png"]
+
+
+@pytest.mark.parametrize("option", [["--refine", "crf"], ["--grouping", "spectral"]])
+def test_unknown_refine_or_grouping_is_a_usage_error(folder, capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", str(folder / "images"), "--out", str(folder / "out"), *option])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_run_with_napari_edits_is_not_replaced_unless_asked(tiny_cli, folder, capsys):
+    out = folder / "out"
+    argv = ["run", folder / "images", "--out", out, *TINY_ARGS]
+    assert datus(capsys, *argv)[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    assert set(record["grid"]) == {"patch_size", "input_size"}
+    record["edits"] = {"im0": {"pixels": 12}}  # as a napari save or export records them
+    (out / "run.json").write_text(json.dumps(record))
+    code, err = datus(capsys, *argv)
+    assert code != 0 and "12 edited pixels" in err and "--overwrite-edits" in err
+    assert json.loads((out / "run.json").read_text())["edits"] == {"im0": {"pixels": 12}}
+    assert datus(capsys, *argv, "--overwrite-edits")[0] == 0
+    assert "edits" not in json.loads((out / "run.json").read_text())

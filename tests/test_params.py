@@ -27,6 +27,7 @@ def test_live_settings_are_those_after_the_partition():
     ({"seed": 3}, {"partition", "embeddings"}),
     ({"embedding": "crop-cls"}, {"embeddings"}),
     ({"clusters": 9, "tau": 1, "n_init": 2}, set()),
+    ({"grouping": "kmeans", "overcluster": 12, "refine": "guided"}, set()),
 ])
 def test_cache_keys_follow_the_stages(tiny_backbone, change, changed):
     before = stage_keys("content", tiny_backbone, Params(weights=None))
@@ -45,3 +46,13 @@ def test_graph_memory_is_checked_before_work():
 def test_unknown_precision_is_refused_before_work():
     with pytest.raises(DatusError, match="unknown precision"):
         Params(precision="fp8").validate()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"refine": "crf"}, "unknown refine"),
+    ({"grouping": "spectral"}, "unknown grouping"),
+    ({"overcluster": 0}, "overcluster must be at least 1"),
+])
+def test_refine_and_grouping_settings_are_checked(change, message):
+    with pytest.raises(DatusError, match=message):
+        replace(Params(), **change).validate()

@@ -64,7 +64,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
     """Return a reader for a run folder, a run's mask PNGs or SUIM colour masks, else None."""
     paths = [path] if isinstance(path, str) else list(path)
     if paths and all(is_run_folder(p) for p in paths):
-        return _read_with(lambda: [layer for p in paths for layer in run_layers(p)])
+        return _read_with(lambda: [layer for p in paths for layer in with_runs(p)])
     if paths and all(is_run_mask(p) for p in paths):
         return _read_with(lambda: [mask_layer(p) for p in paths])
     if not paths or any(Path(p).suffix.lower() not in SUFFIXES for p in paths):
@@ -79,6 +79,32 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         return [(codes, suim_labels_kwargs(name), "labels")]
 
     return reader
+
+
+def with_runs(out: str | Path) -> list[LayerData]:
+    """A run folder's layers, each stage layer carrying the run the docks work on (metrics,
+    segment QA, class table, Export). A folder that cannot be rebuilt as runs (a stage
+    folder missing, say) still opens, for viewing, and a notification says why."""
+    from napari.utils.notifications import show_info
+
+    from napari_datus._widgets.layers import METADATA_KEY
+    from napari_datus._widgets.model import to_layer_labels
+    from napari_datus._widgets.reopen import reopened_runs
+
+    layers = run_layers(out)
+    try:
+        runs = reopened_runs(Path(out))
+    except DatusError as exc:
+        show_info(f"{Path(out).name} opened for viewing only (no metrics, QA or export): {exc}")
+        return layers
+    for _data, kwargs, _kind in layers:
+        run = runs.get(kwargs.get("metadata", {}).get("stem"))
+        if run is not None and kwargs["name"].startswith(f"{run.image_name} "):
+            kwargs["metadata"][METADATA_KEY] = run
+    for run in runs.values():
+        # Against this, the saved mask's differences are edits (kept when you export).
+        run.pristine = to_layer_labels(run.pseudo_mask(0))
+    return layers
 
 
 def _read_with(read: Callable[[], list[LayerData]]) -> Callable[[Any], list[LayerData]] | None:

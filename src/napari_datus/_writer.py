@@ -1,7 +1,9 @@
 """npe2 writer: save a Labels layer as an index mask (PNG for 2D, TIFF for any shape).
 
-The layer's values are written as they are (no convention change): use the DatUS
-pipeline widget's Export for files in the ``datus run`` conventions.
+DatUS cluster layers (``"<image> pseudo mask"`` and ``"<image> de-noised"`` of a run,
+or of a run folder opened in napari) are written in the ``datus run`` convention that the
+pipeline dock's Export uses: cluster ``c`` as ``c``, unlabelled as 255. Any other Labels
+layer is written as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from napari_datus.io.atomic import atomic_path
 from napari_datus.io.masks import write_index_mask
 
 MAX_ID = int(np.iinfo(np.uint32).max)
+# Metadata keys of DatUS result layers: a run in the widgets, a run folder in the reader.
+RUN_KEYS = ("datus", "datus_saved_run")
+CLUSTER_SUFFIXES = (" pseudo mask", " de-noised")
 MAX_PNG_ID = int(np.iinfo(np.uint16).max)
 
 
@@ -27,7 +32,8 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     ----------
     path : target ``.png`` (2D masks, ids <= 65535) or ``.tif``/``.tiff`` (any shape)
     data : (H, W) or (N, H, W) non-negative whole-number labels, ids <= 4294967295
-    attributes : napari layer attributes (unused: the file holds ids only)
+    attributes : napari layer attributes: ``name`` and ``metadata`` tell a DatUS cluster
+        layer, whose labels ``c + 1`` (0 = unlabelled) are written as ``c`` (255)
 
     Returns
     -------
@@ -42,9 +48,26 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     if not target.parent.is_dir():
         raise DatusError(f"cannot write {target.name}: folder {target.parent} does not exist")
     ids = _as_ids(np.asarray(data), target.name)
+    if is_cluster_layer(attributes):
+        ids = to_file_convention(ids, target.name)
     if target.suffix.lower() == ".png":
         return [str(_write_png(target, ids))]
     return [str(_write_tiff(target, ids))]
+
+
+def is_cluster_layer(attributes: dict) -> bool:
+    """True for a DatUS pseudo-mask or de-noised layer (by its name and metadata)."""
+    metadata = attributes.get("metadata") or {}
+    return (any(key in metadata for key in RUN_KEYS)
+            and str(attributes.get("name", "")).endswith(CLUSTER_SUFFIXES))
+
+
+def to_file_convention(labels: np.ndarray, name: str) -> np.ndarray:
+    """Layer labels ``c + 1`` (0 unlabelled) to file ids ``c`` (255 unlabelled), uint8."""
+    if labels.max(initial=0) > 255:
+        raise DatusError(f"{name}: label {int(labels.max())} is not a DatUS cluster (at most"
+                         " 254 clusters)")
+    return np.where(labels == 0, 255, labels.astype(np.int64) - 1).astype(np.uint8)
 
 
 def _as_ids(labels: np.ndarray, name: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from napari_datus.core.choices import (
     DENOISE_OUTPUTS,
     EMBEDDING_NORMS,
     EMBEDDINGS,
+    GROUPINGS,
     GT_FORMATS,
     PARTITIONS,
     PRECISIONS,
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="segment a folder of images without labels")
     run.add_argument("images", type=Path, metavar="IMAGES_DIR")
     run.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    run.add_argument("--overwrite-edits", action="store_true",
+                     help="replace a run in OUT_DIR whose masks hold edits made in napari"
+                          " (refused otherwise)")
     run.add_argument("--gt", type=Path, metavar="GT_DIR",
                      help="ground-truth masks, matched to images by file stem")
     run.add_argument("--gt-format", choices=GT_FORMATS, default="index")
@@ -85,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight each segment by its size in k-means")
     run.add_argument("--fill-noise", action="store_true",
                      help="label noise patches with their nearest segment's cluster")
+    run.add_argument("--grouping", choices=GROUPINGS, default=defaults.grouping,
+                     help="how segments become K clusters: kmeans = k-means with K centres"
+                          " (the paper's), merge = k-means with --overcluster centres joined"
+                          " to K by average linkage (default %(default)s)")
+    run.add_argument("--overcluster", type=int, default=defaults.overcluster,
+                     help="k-means centres before merging, for --grouping merge"
+                          " (default %(default)s)")
     run.add_argument("--refine", choices=REFINEMENTS, default=defaults.refine,
                      help="how pseudo masks reach image size: none = nearest upsampling of the"
                           " patch grid (default %(default)s), guided = edges snapped to the"

@@ -32,6 +32,7 @@ from napari_datus.outputs import (
     command_line,
     package_versions,
     run_folder,
+    saved_edit_pixels,
     write_colour_pseudo_mask,
     write_grid_outputs,
     write_json,
@@ -57,7 +58,8 @@ def params_from_args(args: argparse.Namespace) -> Params:
                   embedding=args.embedding, n_init=args.n_init, self_loops=args.self_loops,
                   knn=args.knn, embedding_norm=args.embedding_norm,
                   size_weighted=args.size_weighted, fill_noise=args.fill_noise,
-                  precision=args.precision, refine=args.refine)
+                  precision=args.precision, refine=args.refine,
+                  grouping=args.grouping, overcluster=args.overcluster)
 
 
 def run_backbone(params: Params, cache: FeatureCache) -> LazyBackbone:
@@ -89,6 +91,10 @@ def run_command(args: argparse.Namespace) -> dict:
     files = list_images(args.images)
     gt_files = match_ground_truth(files, args.gt) if args.gt else {}
     check_writable(out)
+    edited = saved_edit_pixels(out)
+    if edited and not args.overwrite_edits:
+        raise DatusError(f"{out} holds a run with {edited} edited pixels (edits made in napari);"
+                         " choose another --out, or pass --overwrite-edits to replace it")
     cache = FeatureCache(enabled=not args.no_cache)
     backbone = run_backbone(params, cache)
     # Needs the patch size: from the cached descriptor, else the model is built here.
@@ -132,6 +138,8 @@ def run_command(args: argparse.Namespace) -> dict:
                                        else None)}
                        for f in files},
             "gt": metrics_inputs,
+            # Lets napari rebuild the run from its files (segment QA on a reopened run).
+            "grid": {"patch_size": backbone.patch_size, "input_size": backbone.input_size},
         }
         # Last: run.json marks the folder as a complete run.
         write_json(out / "run.json", run_info)
@@ -243,7 +251,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
         for r, c in zip(results, clusters):
             # A refined mask is read back rather than refined a second time.
             mask = (pseudo_mask(r, c, args.fill_noise) if args.refine == "none" else
-                    read_array(out / PSEUDO_DIR / f"{r.stem}.png"))
+                    read_array(out / PSEUDO_DIR / f"{r.stem}.png", keep_palette=True))
             with timer("write"):
                 write_colour_pseudo_mask(out, r.stem, mask, metrics["mapping"], colours)
     return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,

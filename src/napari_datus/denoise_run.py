@@ -50,6 +50,8 @@ class RunInputs:
     gt_format: str | None
     gt_ignore: int | None
     classes: list[str] = field(default_factory=list)
+    # Score boundary F1 too when "initial" has it, so both blocks carry the same keys.
+    boundaries: bool = False
 
 
 @dataclass
@@ -94,7 +96,8 @@ def read_run(out_dir: str | Path) -> RunInputs:
            if stem in images and stem in evaluated and entry.get("gt")}
     return RunInputs(out_dir=out_dir, clusters=clusters, images=images, gts=gts,
                      gt_format=gt.get("format"), gt_ignore=gt.get("ignore"),
-                     classes=list(metrics.get("classes") or gt.get("classes") or []))
+                     classes=list(metrics.get("classes") or gt.get("classes") or []),
+                     boundaries="boundary" in (metrics.get("initial") or {}))
 
 
 def training_pairs(run: RunInputs) -> list[Pair]:
@@ -106,7 +109,7 @@ def training_pairs(run: RunInputs) -> list[Pair]:
 
 def read_mask(path: Path) -> np.ndarray:
     """(H, W) uint8 pseudo mask, 255 = unlabelled."""
-    mask = read_array(path)
+    mask = read_array(path, keep_palette=True)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise DatusError(f"{path} is not a uint8 index mask (shape {mask.shape},"
                          f" dtype {mask.dtype})")
@@ -129,7 +132,8 @@ def iter_denoise_run(
 
 def _denoise_locked(run: RunInputs, config: DenoiseConfig,
                     ) -> Generator[TrainProgress | Progress, None, DenoiseResult]:
-    scorer = (Scorer(run.clusters, GroundTruthFormat(run.gt_format, run.gt_ignore))
+    scorer = (Scorer(run.clusters, GroundTruthFormat(run.gt_format, run.gt_ignore),
+                     boundaries=run.boundaries)
               if run.gts and run.gt_format else None)
     staging = run.out_dir / f".{DENOISED_DIR}.partial"
     shutil.rmtree(staging, ignore_errors=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_datus.core.boundary import BoundaryScore
 from napari_datus.core.errors import DatusError
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.io.images import read_array
@@ -138,16 +139,20 @@ class Scorer:
     classes : class names when they are known up front (a decoded ground-truth layer);
         None: the format's, with C learnt from the data for index ground truth
     images : stems scored so far, in order
+    boundaries : also score boundary F1 (:mod:`napari_datus.core.boundary`; a distance
+        transform per image, so off where metrics follow every edit)
     """
 
     clusters: int
     gt: GroundTruthFormat = field(default_factory=GroundTruthFormat)
     classes: list[str] | None = None
     images: list[str] = field(default_factory=list)
+    boundaries: bool = False
 
     def __post_init__(self) -> None:
         c = len(self.classes) if self.classes is not None else self.gt.fixed_classes
         self.confusion = Confusion(self.clusters, c or 0)
+        self.boundary = BoundaryScore()
 
     def add(self, stem: str, mask: np.ndarray, truth: np.ndarray,
             name: str | None = None) -> str | None:
@@ -168,6 +173,8 @@ class Scorer:
                     f" image is {mask.shape[1]}x{mask.shape[0]}: left out of the metrics")
         self.confusion.grow(int(truth.max(initial=VOID)) + 1)
         self.confusion.add(mask, truth, ignore=VOID)
+        if self.boundaries:
+            self.boundary.add(mask, truth)
         self.images.append(stem)
         return None
 
@@ -186,5 +193,11 @@ class Scorer:
         return self.gt.names(self.confusion.c)
 
     def result(self) -> dict | None:
-        """:func:`~napari_datus.core.metrics.evaluate`'s block, or None if nothing was scored."""
-        return evaluate(self.confusion, self.names) if self.images else None
+        """:func:`~napari_datus.core.metrics.evaluate`'s block, or None if nothing was scored;
+        with ``boundaries``, plus ``"boundary"`` (:meth:`BoundaryScore.result`)."""
+        if not self.images:
+            return None
+        block = evaluate(self.confusion, self.names)
+        if self.boundaries:
+            block["boundary"] = self.boundary.result()
+        return block

@@ -30,7 +30,13 @@ from filelock import FileLock, Timeout
 
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
-from napari_datus.io.masks import colourise, write_colour_mask, write_index_mask, write_json_atomic
+from napari_datus.io.masks import (
+    CLUSTER_PALETTE,
+    colourise,
+    write_colour_mask,
+    write_index_mask,
+    write_json_atomic,
+)
 
 PARTITIONS_DIR = "partitions"
 SEGMENTS_DIR = "segments"
@@ -39,11 +45,14 @@ PSEUDO_COLOUR_DIR = "pseudo_masks_colour"
 DENOISED_DIR = "denoised"
 CHECKPOINT_DIR = "denoise_checkpoints"
 EXPORTED_IMAGES_DIR = "exported_images"  # napari exports carry their images
+CLASS_MASKS_DIR = "class_masks"  # annotations: class ids of the user's class map
+CLASS_COLOUR_DIR = "class_masks_colour"  # the same in the class colours
 LOCK_NAME = ".datus.lock"
 # Everything a run writes, run.json first: see run_folder.
 RUN_LAYOUT = ("run.json", "metrics.json", PARTITIONS_DIR, SEGMENTS_DIR, PSEUDO_DIR,
               PSEUDO_COLOUR_DIR, DENOISED_DIR, CHECKPOINT_DIR, f".{DENOISED_DIR}.partial",
-              f".{DENOISED_DIR}.old", EXPORTED_IMAGES_DIR, "metrics.csv")
+              f".{DENOISED_DIR}.old", EXPORTED_IMAGES_DIR, "metrics.csv", CLASS_MASKS_DIR,
+              CLASS_COLOUR_DIR, "classes.json")
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
                       "networkx", "python-louvain", "igraph")
 
@@ -116,8 +125,10 @@ def write_grid_outputs(out: Path, stem: str, partition: np.ndarray, segments: np
 
 
 def write_pseudo_mask(out: Path, stem: str, mask: np.ndarray, folder: str = PSEUDO_DIR) -> Path:
-    """Write an ``(H, W) uint8`` cluster mask (255 = unlabelled)."""
-    return write_index_mask(out / folder / f"{stem}.png", mask.astype(np.uint8))
+    """Write an ``(H, W) uint8`` cluster mask (255 = unlabelled) as a palette PNG: the
+    pixels are cluster ids, which image viewers show in colour."""
+    return write_index_mask(out / folder / f"{stem}.png", mask.astype(np.uint8),
+                            CLUSTER_PALETTE)
 
 
 def write_colour_pseudo_mask(out: Path, stem: str, mask: np.ndarray,
@@ -133,6 +144,22 @@ def write_colour_pseudo_mask(out: Path, stem: str, mask: np.ndarray,
             lut[int(cluster)] = cls
     lut[UNLABELLED] = -1
     return write_colour_mask(out / folder / f"{stem}.png", colourise(lut[mask], colours))
+
+
+def write_class_masks(out: Path, stem: str, mask: np.ndarray, classes) -> list[Path]:
+    """Write an image's annotation: class ids (255 = unlabelled or unassigned) in
+    ``class_masks/`` and the class colours in ``class_masks_colour/``.
+
+    Parameters
+    ----------
+    mask : (H, W) uint8 cluster ids, 255 = unlabelled
+    classes : :class:`napari_datus.class_map.ClassMap`
+    """
+    ids = write_index_mask(out / CLASS_MASKS_DIR / f"{stem}.png", classes.class_mask(mask),
+                           classes.palette())
+    colours = write_colour_mask(out / CLASS_COLOUR_DIR / f"{stem}.png",
+                                classes.colour_mask(mask))
+    return [ids, colours]
 
 
 def package_versions() -> dict[str, str]:
@@ -159,6 +186,16 @@ def read_json(path: Path) -> dict:
         raise DatusError(f"{path} not found: is this the output folder of `datus run`?") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise DatusError(f"cannot read {path}: {exc}") from exc
+
+
+def saved_edit_pixels(out: Path) -> int:
+    """Edited pixels recorded in the run that ``out`` holds (napari edits, saved or
+    exported): a new run there would replace them. 0 when there is no such run."""
+    try:
+        run = json.loads((Path(out) / "run.json").read_text())
+        return sum(int(edit.get("pixels", 0)) for edit in (run.get("edits") or {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
 
 
 def command_line() -> str:

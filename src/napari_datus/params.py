@@ -34,6 +34,7 @@ from napari_datus.core.choices import (
     AFFINITIES,
     EMBEDDING_NORMS,
     EMBEDDINGS,
+    GROUPINGS,
     MAX_SEED,
     PARTITIONS,
     PRECISIONS,
@@ -113,6 +114,11 @@ class Params:
     # How the patch-grid pseudo mask reaches image size: "none" = nearest (the paper's),
     # "guided" = edges snapped to the image by a guided filter (core.refine).
     refine: str = _setting("none", "clustering")
+    # Dataset-level grouping (core.grouping): "kmeans" = K centres (the paper's), "merge" =
+    # `overcluster` centres joined to K by average linkage. merge/48 chosen on suim_dev
+    # (docs/results.md): the varied background stops being split over several clusters.
+    grouping: str = _setting("merge", "clustering")
+    overcluster: int = _setting(48, "clustering")
 
     @staticmethod
     def fields_of(*stages: str) -> tuple[str, ...]:
@@ -130,12 +136,12 @@ class Params:
         """Raise one DatusError naming the first bad setting."""
         choices = {"affinity": AFFINITIES, "partition": PARTITIONS, "embedding": EMBEDDINGS,
                    "embedding_norm": EMBEDDING_NORMS, "precision": PRECISIONS,
-                   "refine": REFINEMENTS}
+                   "refine": REFINEMENTS, "grouping": GROUPINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DatusError(f"unknown {name} {getattr(self, name)!r}:"
                                  f" choose one of {', '.join(allowed)}")
-        for name in ("resolution", "clusters", "batch_size", "n_init", "knn"):
+        for name in ("resolution", "clusters", "batch_size", "n_init", "knn", "overcluster"):
             if getattr(self, name) < 1:
                 raise DatusError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.tau < 0:

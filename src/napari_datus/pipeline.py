@@ -33,6 +33,7 @@ from napari_datus.core.features import (
     resize_image,
 )
 from napari_datus.core.graph import adjacency
+from napari_datus.core.grouping import overcluster_merge
 from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.core.partition import louvain
 from napari_datus.core.pseudolabel import (
@@ -414,7 +415,8 @@ def _blas_controller() -> ThreadpoolController:
 
 
 def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
-    """Stage 6: k-means over every valid segment of the dataset.
+    """Stage 6: k-means (or ``grouping="merge"``: overclustering merged to K) over every
+    valid segment of the dataset.
 
     Returns
     -------
@@ -427,7 +429,11 @@ def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
         stacked = normalise_embeddings(stacked, params.embedding_norm)
     weights = (np.concatenate([r.segments.sizes for r in results]).astype(np.float64)
                if params.size_weighted else None)
-    labels = cluster_segments(stacked, params.clusters, params.seed, params.n_init, weights)
+    if params.grouping == "merge":
+        labels = overcluster_merge(stacked, params.clusters, params.overcluster, params.seed,
+                                   params.n_init, weights)
+    else:
+        labels = cluster_segments(stacked, params.clusters, params.seed, params.n_init, weights)
     counts = [r.embeddings.shape[0] for r in results]
     return np.split(labels, np.cumsum(counts)[:-1]) if counts else []
 

@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 from PIL import Image as PILImage
 
+from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.io.images import read_array, read_image
@@ -32,6 +33,7 @@ from napari_datus.outputs import (
     package_versions,
     read_json,
     run_folder,
+    write_class_masks,
     write_grid_outputs,
     write_json,
     write_pseudo_mask,
@@ -51,7 +53,9 @@ SAVED_RUN_KEY = "datus_saved_run"
 
 
 def save_run(out: Path, result: DatasetResult, images: dict[str, Path],
-             provenance: dict[str, Any], edited: dict[str, np.ndarray] | None = None) -> Path:
+             provenance: dict[str, Any], edited: dict[str, np.ndarray] | None = None,
+             classes: ClassMap | None = None, class_masks: bool = False,
+             grid: dict[str, int] | None = None) -> Path:
     """Write a run in the ``datus run`` layout.
 
     Parameters
@@ -60,6 +64,9 @@ def save_run(out: Path, result: DatasetResult, images: dict[str, Path],
     images : stem -> image file, for run.json ``inputs``
     provenance : the backbone's weights source and hash (``Backbone.provenance()``)
     edited : stem -> (H, W) uint8 pseudo mask (255 = unlabelled) as the user edited it
+    classes : the user's class map, saved as ``classes.json``
+    class_masks : also write every mask through the class map (class ids and colours)
+    grid : the backbone's ``patch_size`` and ``input_size``, for reopening the run
 
     Returns
     -------
@@ -71,16 +78,23 @@ def save_run(out: Path, result: DatasetResult, images: dict[str, Path],
         edits = {}
         for index, r in enumerate(result.results):
             write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
-            computed = result.pseudo_mask(index)
+            computed = result.pseudo_mask(index, None if result.params.refine == "none"
+                                          else read_image(images[r.stem]))
             mask = edited.get(r.stem, computed)
             write_pseudo_mask(out, r.stem, mask)
+            if class_masks and classes is not None:
+                write_class_masks(out, r.stem, mask, classes)
             changed = int((mask != computed).sum())
             if changed:
                 edits[r.stem] = {"pixels": changed}
+        if classes is not None:
+            classes.save(out)
         return write_json(out / "run.json", {
             "run_id": run_id,
             "command": command_line(),
-            "params": {**result.params.to_dict(), **provenance},
+            "params": {**result.params.to_dict(), **provenance,
+                       "clusters": max(result.params.clusters,
+                                       classes.n_clusters if classes else 0)},
             "versions": package_versions(),
             "timings": {**result.timings, "save": time.perf_counter() - started},
             "segments": result.segment_counts(),
@@ -90,6 +104,7 @@ def save_run(out: Path, result: DatasetResult, images: dict[str, Path],
                        for r in result.results},
             "gt": None,
             "edits": edits,
+            "grid": grid,
         })
 
 
@@ -128,13 +143,14 @@ def run_layers(out: str | Path) -> list[LayerData]:
     stems = [s for s in run.get("images") or [] if (out / PSEUDO_DIR / f"{s}.png").is_file()]
     if not stems:
         raise DatusError(f"{out / 'run.json'} lists no image with a pseudo mask")
+    classes = ClassMap.load(out)
     layers: list[LayerData] = []
     for index, stem in enumerate(stems):
         # Images differ in size and would cover each other: the first one shows at first.
         shown = index == 0
         image = Path((inputs.get(stem) or {}).get("image") or "")
         if image.is_file():
-            layers.append((_lazy(image, read_image, np.uint8, rgb=True),
+            layers.append((lazy_read(image, read_image, np.uint8, rgb=True),
                            {"name": stem, "rgb": True, "visible": shown}, "image"))
         for folder, suffix, rule in STAGE_LAYERS:
             path = out / folder / f"{stem}.png"
@@ -142,11 +158,13 @@ def run_layers(out: str | Path) -> list[LayerData]:
                 meta = {SAVED_RUN_KEY: str(out.resolve()), "stem": stem}
                 # Masks the user may paint are arrays; the rest load when first drawn.
                 data = (_clusters(path) if rule == "clusters"
-                        else _lazy(path, _LABEL_RULES[rule], _LABEL_DTYPES[rule]))
-                layers.append((data,
-                               {"name": f"{stem} {suffix}", "metadata": meta,
-                                "visible": shown and suffix == "pseudo mask", "opacity": 0.6},
-                               "labels"))
+                        else lazy_read(path, _LABEL_RULES[rule], _LABEL_DTYPES[rule]))
+                kwargs = {"name": f"{stem} {suffix}", "metadata": meta,
+                          "visible": shown and suffix == "pseudo mask", "opacity": 0.6}
+                if rule == "clusters" and classes is not None:
+                    colours, features = classes.layer_style(int(data.max(initial=0)))
+                    kwargs.update(colormap=colours, features=features)
+                layers.append((data, kwargs, "labels"))
     return layers
 
 
@@ -170,7 +188,7 @@ def _suffix_of(path: Path) -> str:
 
 def _clusters(path: Path) -> np.ndarray:
     """File convention (255 unlabelled, ``c``) to layer convention (0, ``c + 1``)."""
-    mask = read_array(path)
+    mask = read_array(path, keep_palette=True)
     return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint16)
 
 
@@ -182,7 +200,7 @@ _LABEL_RULES = {
 _LABEL_DTYPES = {"plus_one": np.uint32, "as_is": np.uint32, "noise": np.uint8}
 
 
-def _lazy(path: Path, read, dtype: type, rgb: bool = False) -> da.Array:
+def lazy_read(path: Path, read, dtype: type, rgb: bool = False) -> da.Array:
     """A dask array that reads ``path`` when napari first draws it (only the header now)."""
     with PILImage.open(path) as img:
         width, height = img.size

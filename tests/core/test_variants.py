@@ -126,10 +126,17 @@ def test_cluster_passes_segment_sizes_as_weights_when_asked(monkeypatch):
                     sizes=np.array([1, 3]), n_noise=0)
     result = pipeline.ImageResult("a", (2, 2), np.zeros((2, 2), np.int32), segs,
                                   np.eye(2, dtype=np.float32))
-    pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=True))
+    pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=True,
+                                               grouping="kmeans"))
     np.testing.assert_array_equal(seen["weights"], [1.0, 3.0])
-    pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=False))
+    pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=False,
+                                               grouping="kmeans"))
     assert seen["weights"] is None
+    seen.clear()
+    monkeypatch.setattr(pipeline, "overcluster_merge",
+                        lambda x, k, j, seed, n_init, weights: fake(x, k, seed, n_init, weights))
+    pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=True))  # merge
+    np.testing.assert_array_equal(seen["weights"], [1.0, 3.0])
 
 
 def test_fill_unlabelled_takes_the_nearest_label():

@@ -95,3 +95,13 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(DatusError, match="No space left"):
         write_index_mask(tmp_path / "m.png", np.zeros((2, 2), dtype=np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_suim_mask_with_blended_edges_is_read():
+    """f_r_1013_ (SUIM train/val) has 1.9% of pixels between on and off: still SUIM."""
+    from tests.conftest import SHARED, require_shared
+
+    path = SHARED / "data" / "suim_dev" / "masks" / "f_r_1013_.png"
+    require_shared(path)
+    codes = read_ground_truth(path, "suim8")
+    assert codes.max() <= 7

@@ -16,7 +16,7 @@ from napari.utils.notifications import (
     notification_manager,
 )
 
-from napari_datus._widgets import MetricsWidget, PipelineWidget, pipeline_widget
+from napari_datus._widgets import MetricsWidget, PipelineWidget, layer_jobs
 from napari_datus.pipeline import array_sources
 
 RUN_TIMEOUT_MS = 120_000
@@ -91,5 +91,5 @@ def gate(monkeypatch) -> threading.Event:
         first, *rest = array_sources(images, stems)
         return [first] + [(stem, partial(wait_then, load)) for stem, load in rest]
 
-    monkeypatch.setattr(pipeline_widget, "array_sources", gated_sources)
+    monkeypatch.setattr(layer_jobs, "array_sources", gated_sources)
     return event

@@ -172,3 +172,29 @@ def test_an_empty_folder_is_one_clear_error(qtbot, viewer, pipeline, tmp_path, n
     pipeline.run_button.click()
     assert pipeline._worker is None
     assert any("no images" in m for m in errors(notifications))
+
+
+@pytest.mark.shared
+def test_a_saved_run_with_edits_is_never_replaced_without_asking(qtbot, viewer, pipeline,
+                                                                 mixed_folder, tmp_path):
+    out = tmp_path / "run"
+    pipeline.folder_panel.folder.setText(str(mixed_folder))
+    pipeline.folder_panel.out.setText(str(out))
+    run_and_wait(qtbot, pipeline)
+    first = pipeline.folders.run.stem(0)
+    layer = viewer.layers[f"{first} pseudo mask"]
+    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    pipeline.folder_panel.next.click()  # the edit is saved in out
+    saved = (out / "pseudo_masks" / f"{first}.png").read_bytes()
+    pipeline.folders.run = None  # as in a new napari session, pointed at the same out
+    asked = []
+    pipeline._ask_overwrite = lambda folder, pixels: asked.append(pixels) or False
+    pipeline.run_button.click()
+    assert asked == [100] and pipeline._worker is None
+    assert (out / "pseudo_masks" / f"{first}.png").read_bytes() == saved
+    pipeline.folder_panel.folder.setText("")
+    viewer.open_sample("napari-datus", "suim")
+    pipeline.image.setCurrentText("suim")
+    run_and_wait(qtbot, pipeline)
+    assert pipeline.export(out) == [] and len(asked) == 2
+    assert json.loads((out / "run.json").read_text())["edits"][first]["pixels"] == 100

@@ -20,7 +20,7 @@ from .conftest import errors, run_and_wait
 
 def core_metrics(run, gt6: np.ndarray) -> dict:
     """The reference: the core's Confusion and evaluate on the run's pseudo masks."""
-    confusion = Confusion(run.result.params.clusters, len(SUIM6_NAMES))
+    confusion = Confusion(run.n_clusters, len(SUIM6_NAMES))
     for i in range(gt6.shape[0]):
         confusion.add(run.result.pseudo_mask(i), gt6[i])
     return evaluate(confusion, SUIM6_NAMES)
@@ -33,6 +33,18 @@ def click(viewer, metrics, position) -> None:
     next(callback)
     event.type = "mouse_release"
     next(callback, None)
+
+
+def choose_other_class(run, metrics, cluster: int) -> tuple[int, int]:
+    """Choose, in the reassign box, a class the cluster is not in.
+
+    Returns the cluster the segment will get (the class's first, or a new one) and the class.
+    """
+    current = run.class_map.class_of(cluster)
+    target = next(c for c in range(len(run.class_map.classes)) if c != current)
+    metrics.new_class.setCurrentIndex(target)
+    existing = run.class_map.clusters_of(target)
+    return (existing[0] if existing else run.class_map.n_clusters), target
 
 
 def scored(qtbot, viewer, pipeline, metrics):
@@ -70,7 +82,7 @@ def test_pseudo_mask_drawn_in_matched_class_colours(qtbot, viewer, sample, pipel
         label = int(cluster) + 1
         colour = layer.colormap.map(np.array([label]))[0][:3]
         if cls is None:
-            assert names[label] == "unmatched"
+            assert names[label] == "unassigned"
         else:
             assert names[label] == SUIM6_NAMES[cls]
             np.testing.assert_allclose(colour, SUIM6_COLOURS[cls] / 255, atol=1e-6)
@@ -111,14 +123,17 @@ def test_segment_qa_and_reassign(qtbot, viewer, sample, pipeline, metrics, notif
     assert crop is not None and not crop.isNull()
     assert metrics.reassign_button.isEnabled()
 
-    new = (info.cluster + 1) % 3
-    metrics.new_cluster.setValue(new)
+    new, target = choose_other_class(run, metrics, info.cluster)
+    before = list(run.class_map.assignment)
     metrics.reassign_button.click()
     pixels = upsample_nearest(r.segments.valid, (480, 640)) == segment
     assert np.all(viewer.layers["suim pseudo mask"].data[index][pixels] == new + 1)
     assert run.result.clusters[index][segment - 1] == new
     assert metrics.current_run().metrics["initial"] == core_metrics(run, SUIM8_TO_SUIM6[gt.data])
-    assert f"cluster {new}" in metrics.segment_info.text()
+    name = run.class_map.classes[target].name
+    assert f"cluster {new} -> {name}" in metrics.segment_info.text()
+    # No other cluster changed class (the Hungarian matching of the new metrics may differ).
+    assert run.class_map.assignment[:len(before)] == before
     assert errors(notifications) == []
 
 
@@ -139,13 +154,12 @@ def test_reassign_keeps_painting_can_be_undone_and_metrics_follow_edits(
     before = layer.data.copy()
     viewer.layers.selection.active = segments
     click(viewer, metrics, (index, row, col))
-    new = (metrics._selected[1].cluster + 1) % 3
-    metrics.new_cluster.setValue(new)
+    new, _target = choose_other_class(run, metrics, metrics._selected[1].cluster)
     metrics.reassign_button.click()
     assert np.all(layer.data[index][pixels] == new + 1)
     assert np.all(layer.data[index][painted] == 1)  # the painting is still there
     edited = [np.where(m == 0, 255, m.astype(int) - 1).astype(np.uint8) for m in layer.data]
-    expected = Confusion(3, len(SUIM6_NAMES))
+    expected = Confusion(run.n_clusters, len(SUIM6_NAMES))
     for mask, truth in zip(edited, SUIM8_TO_SUIM6[gt.data]):
         expected.add(mask, truth)
     assert metrics.current_run().metrics["initial"] == evaluate(expected, SUIM6_NAMES)
@@ -204,12 +218,12 @@ def test_panning_does_not_inspect(qtbot, viewer, sample, pipeline, metrics):
 
 def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, tmp_path):
     run, shown = scored(qtbot, viewer, pipeline, metrics)
-    pipeline.export_colour.setChecked(True)
     written = pipeline.export(tmp_path / "out")
 
     out = tmp_path / "out"
     stems = run.stack.stems
-    assert len(written) == 5 * len(stems) + 3  # 4 masks and the image each, 3 tables
+    # 3 stage masks, 2 class masks and the image each; classes, run and metrics JSON, CSV
+    assert len(written) == 6 * len(stems) + 4
     reference = tmp_path / "cli"
     for i, stem in enumerate(stems):
         r = run.result.results[i]
@@ -222,8 +236,14 @@ def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, 
         pseudo = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
         np.testing.assert_array_equal(pseudo, run.result.pseudo_mask(i))
         assert pseudo.dtype == np.uint8 and (UNLABELLED in pseudo) == (pseudo == 255).any()
-        colour = np.asarray(Image.open(out / "pseudo_masks_colour" / f"{stem}.png"))
-        assert colour.shape == (480, 640, 3)
+        classes = np.asarray(Image.open(out / "class_masks" / f"{stem}.png"))
+        np.testing.assert_array_equal(classes, run.class_map.class_mask(pseudo))
+        colour = np.asarray(Image.open(out / "class_masks_colour" / f"{stem}.png"))
+        assert colour.shape == (480, 640, 4)  # unlabelled pixels transparent
+        labelled = classes != 255
+        np.testing.assert_array_equal(colour[labelled][:, :3],
+                                      SUIM6_COLOURS[classes[labelled]])
+        assert (colour[~labelled][:, 3] == 0).all()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["initial"]["miou"] == shown["initial"]["miou"]
     assert saved["classes"] == SUIM6_NAMES and saved["images"] == stems

@@ -284,3 +284,22 @@ def test_no_live_rerun_when_it_would_not_be_cheap_or_is_off(qtbot, viewer, sampl
 
     assert pipeline._worker is None
     assert run_of(viewer.layers["suim pseudo mask"]) is first
+
+
+def test_guided_edges_follow_the_image(qtbot, viewer, sample, pipeline):
+    from qtpy.QtWidgets import QComboBox
+
+    from napari_datus.core.pseudolabel import paint_grid
+
+    pipeline.findChild(QComboBox, "refine").setCurrentText("guided")
+    run_and_wait(qtbot, pipeline)
+    run = run_of(viewer.layers["suim pseudo mask"])
+    assert run.result.params.refine == "guided"
+    layer = viewer.layers["suim pseudo mask"]
+    blocks = 0
+    for i, r in enumerate(run.result.results):
+        np.testing.assert_array_equal(layer.data[i], to_layer_labels(run.pseudo_mask(i)))
+        nearest = upsample_nearest(paint_grid(r.segments.valid, run.result.clusters[i]),
+                                   r.shape)
+        blocks += int((run.pseudo_mask(i) != nearest).sum())
+    assert blocks > 0  # the edges moved off the patch grid

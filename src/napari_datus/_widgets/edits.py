@@ -4,6 +4,7 @@ re-runs, and never dropped without asking."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import napari
 import numpy as np
@@ -82,6 +83,20 @@ def with_edits(labels: np.ndarray, edits: dict[int, Edit], clusters: int) -> np.
     show_info(f"kept {kept} edited pixels from the earlier run")
     return labels
 
+
+
+def ask_overwrite_edits(parent: QWidget, out: Path, pixels: int) -> bool:
+    """Ask before a run or an export replaces a saved run whose masks hold ``pixels``
+    edited pixels: True overwrite, False leave it (the default)."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "DatUS: saved edits",
+                      f"{out} holds a saved run with {pixels} edited pixels (painting or"
+                      " reassigned segments). Writing there replaces it and its edits."
+                      " Choose another output folder to keep them.", parent=parent)
+    overwrite = box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is overwrite
 
 
 def ask_keep_edits(parent: QWidget, pixels: int) -> bool | None:

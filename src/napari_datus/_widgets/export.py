@@ -2,7 +2,10 @@
 
 Masks are read from the layers, so edits made in napari (painting, reassigned segments)
 are exported, and converted back from layer conventions to file conventions:
-partitions ``p + 1 -> p``, pseudo masks and de-noised masks ``0 -> 255``, ``c + 1 -> c``.
+partitions ``p + 1 -> p``, pseudo masks and de-noised masks ``0 -> 255``, ``c + 1 -> c``
+(the npe2 writer writes DatUS mask layers the same way). The annotations are the
+pseudo masks through the user's class map: class ids, class colours and ``classes.json``.
+Metrics are computed again from the masks as exported.
 """
 
 from __future__ import annotations
@@ -16,74 +19,118 @@ import numpy as np
 
 from napari_datus._widgets.edits import layer_edits
 from napari_datus._widgets.layers import run_of
-from napari_datus._widgets.model import DENOISED, WidgetRun, stack_rgb, to_file_labels
+from napari_datus._widgets.model import (
+    DENOISED,
+    WidgetRun,
+    compute_metrics,
+    stack_rgb,
+    to_file_labels,
+)
 from napari_datus.core.errors import DatusError
-from napari_datus.io.masks import class_colours, write_colour_mask, write_json_atomic
+from napari_datus.core.metrics import evaluate
+from napari_datus.evaluation import Scorer
+from napari_datus.io.masks import write_colour_mask, write_json_atomic
 from napari_datus.outputs import (
     DENOISED_DIR,
     EXPORTED_IMAGES_DIR,
     PARTITIONS_DIR,
-    PSEUDO_COLOUR_DIR,
     SEGMENTS_DIR,
     check_writable,
     package_versions,
     run_folder,
-    write_colour_pseudo_mask,
+    write_class_masks,
     write_grid_outputs,
     write_json,
     write_pseudo_mask,
 )
+from napari_datus.pipeline import DatasetResult
 
 
-def export_run(viewer: napari.Viewer, run: WidgetRun, out: Path, index: bool = True,
-               colour: bool = False) -> list[Path]:
-    """Write every mask of the stack, plus run.json and the metrics (JSON and CSV).
+def export_run(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Path,
+               index: bool = True, classes: bool = True) -> list[Path]:
+    """Write every mask of one run, or of a set of runs that share one k-means (several
+    selected image layers), plus run.json and the metrics (JSON and CSV).
 
     Parameters
     ----------
+    runs : a run, or the runs of a layer set (one class map, one dataset)
     index : write partitions/, segments/, pseudo_masks/ (and denoised/) index PNGs
-    colour : write pseudo_masks_colour/ in the matched SUIM classes' colours
+    classes : write the annotations: class_masks/ (class ids, 255 = unlabelled),
+        class_masks_colour/ (class colours) and classes.json
 
     Returns
     -------
     The files written.
     """
-    if not (index or colour):
-        raise DatusError("choose index PNG and/or SUIM colours to export")
-    if colour and ("initial" not in run.metrics or run_colours(run) is None):
-        raise DatusError("SUIM colours follow the cluster-to-class matching: compute metrics"
-                         " against SUIM ground truth (suim6 or suim8) in DatUS metrics first")
-    layers = _stack_layers(viewer, run)
+    runs = runs if isinstance(runs, list) else [runs]
+    if not (index or classes):
+        raise DatusError("choose index PNG and/or class masks to export")
+    layers = [_stack_layers(viewer, run) for run in runs]
+    edited = [[to_file_labels(labels) if run.position(i) is not None else None
+               for i, labels in enumerate(stack["pseudo mask"])]
+              for run, stack in zip(runs, layers)]
+    metrics, names = export_metrics(runs, edited)
+    first = runs[0]
     check_writable(out)
     with run_folder(out) as run_id:
-        written = _write_masks(out, run, layers, index, colour)
-        inputs = {}
-        for i, stem in enumerate(run.stack.stems):
-            if run.position(i) is not None:
+        written, inputs, edits = [], {}, {}
+        for run, stack, masks in zip(runs, layers, edited):
+            written += _write_masks(out, run, stack, index)
+            for i, stem in enumerate(run.stack.stems):
+                if masks[i] is None:
+                    continue
+                if classes:
+                    written += write_class_masks(out, stem, masks[i], first.class_map)
                 # The images go with the masks, so `datus denoise` can train on an export.
                 path = write_colour_mask(out / EXPORTED_IMAGES_DIR / f"{stem}.png",
                                          stack_rgb(run.stack, i))
                 inputs[stem] = {"image": str(path.resolve()), "gt": None}
                 written.append(path)
-        if run.metrics:
+            edits.update({run.stack.stems[i]: {"pixels": edit.pixels}
+                          for i, edit in layer_edits(viewer, run).items()})
+        if classes:
+            written.append(first.class_map.save(out))
+        if metrics:
             written.append(write_json(out / "metrics.json", {
-                "run_id": run_id, "classes": run.class_names, "images": _evaluated(run),
-                **run.metrics}))
-            written.append(write_json_atomic(out / "metrics.csv", metrics_csv(run)))
-        edits = {run.stack.stems[i]: {"pixels": edit.pixels}
-                 for i, edit in layer_edits(viewer, run).items()}
+                "run_id": run_id, "classes": names, "images": _evaluated(runs), **metrics}))
+            written.append(write_json_atomic(out / "metrics.csv", metrics_csv(metrics, names)))
         # Last: run.json marks the folder as a complete run.
-        written.append(write_json(out / "run.json", {"run_id": run_id, **_run_json(run),
-                                                     "inputs": inputs, "edits": edits}))
+        written.append(write_json(out / "run.json", {
+            "run_id": run_id, **_run_json(runs, names if metrics else None),
+            "inputs": inputs, "edits": edits}))
     return written
 
 
-def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray], index: bool,
-                 colour: bool) -> list[Path]:
-    """Every image's masks in file conventions; returns the files written."""
+def export_metrics(runs: list[WidgetRun], edited: list[list[np.ndarray | None]],
+                   ) -> tuple[dict[str, dict], list[str]]:
+    """Metrics of the masks as exported: each run's own blocks for one run, one initial
+    block over every image for a set whose runs all have ground truth of one kind.
+
+    Returns
+    -------
+    The blocks (empty when there is nothing to score) and the class names.
+    """
+    scored = [run for run in runs if run.gt is not None]
+    if not scored or len(scored) < len(runs) or len({tuple(r.class_names) for r in runs}) > 1:
+        return {}, []
+    if len(runs) == 1:
+        runs[0].metrics = compute_metrics(runs[0], runs[0].gt, runs[0].class_names, edited[0])
+        return runs[0].metrics, runs[0].class_names
+    names = runs[0].class_names
+    scorer = Scorer(max(run.n_clusters for run in runs), classes=names)
+    for run, masks in zip(runs, edited):
+        for stem, mask, truth in zip(run.stack.stems, masks, run.gt):
+            if mask is not None:
+                scorer.add(stem, mask, truth)
+    return {"initial": evaluate(scorer.confusion, names)}, names
+
+
+def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray],
+                 index: bool) -> list[Path]:
+    """Every image's stage masks in file conventions; returns the files written."""
     written: list[Path] = []
     for i, stem in enumerate(run.stack.stems):
-        if run.position(i) is None:
+        if run.position(i) is None or not index:
             continue
         pseudo = to_file_labels(layers["pseudo mask"][i])
         if index:
@@ -96,29 +143,25 @@ def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray], index
             if DENOISED in layers:
                 written.append(write_pseudo_mask(out, stem, to_file_labels(
                     layers[DENOISED][i]), folder=DENOISED_DIR))
-        if colour:
-            written.append(write_colour_pseudo_mask(
-                out, stem, pseudo, run.metrics["initial"]["mapping"], run_colours(run),
-                folder=PSEUDO_COLOUR_DIR))
     return written
 
 
-def metrics_csv(run: WidgetRun) -> str:
+def metrics_csv(metrics: dict[str, dict], names: list[str]) -> str:
     """Per-class table: IoU, F1 and strict IoU of each metrics block, then the means."""
-    keys = list(run.metrics)
+    keys = list(metrics)
     header = ["class"] + [f"{key}_{name}" for key in keys
                          for name in ("iou", "f1", "strict_iou")]
     rows = []
-    for c, name in enumerate(run.class_names):
+    for c, name in enumerate(names):
         row = [name]
         for key in keys:
-            block = run.metrics[key]
+            block = metrics[key]
             row += [block["per_class_iou"][c], block["per_class_f1"][c],
                     block["strict"]["per_class_iou"][c]]
         rows.append(row)
     mean = ["mean"]
     for key in keys:
-        block = run.metrics[key]
+        block = metrics[key]
         mean += [block["miou"], block["mean_f1"], block["strict"]["miou"]]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -139,25 +182,29 @@ def _stack_layers(viewer: napari.Viewer, run: WidgetRun) -> dict[str, np.ndarray
     return arrays
 
 
-def _evaluated(run: WidgetRun) -> list[str]:
-    return [stem for i, stem in enumerate(run.stack.stems) if run.position(i) is not None]
+def _evaluated(runs: list[WidgetRun]) -> list[str]:
+    return [stem for run in runs for i, stem in enumerate(run.stack.stems)
+            if run.position(i) is not None]
 
 
-def run_colours(run: WidgetRun) -> np.ndarray | None:
-    """(C, 3) uint8 SUIM colours of the run's ground-truth classes, or None."""
-    return class_colours(run.gt_format)
-
-
-def _run_json(run: WidgetRun) -> dict:
+def _run_json(runs: list[WidgetRun], classes: list[str] | None) -> dict:
     """Provenance in run.json's shape (params, versions, timings, segments, images, skipped)."""
+    first = runs[0]
+    every = DatasetResult([r for run in runs for r in run.result.results],
+                          [c for run in runs for c in run.result.clusters],
+                          first.result.timings, [], first.result.params)
     return {
         "command": "napari DatUS pipeline widget",
-        "params": {**run.result.params.to_dict(), **run.weights},
+        # The masks may hold clusters the user made beyond K: `datus denoise` learns them all.
+        "params": {**first.result.params.to_dict(), "clusters": first.n_clusters,
+                   **first.weights},
         "versions": package_versions(),
-        "timings": run.result.timings,
-        "segments": run.result.segment_counts(),
-        "images": _evaluated(run),
-        "skipped": [vars(s) for s in run.result.skipped],
-        "gt": ({"format": run.gt_format, "ignore": None, "classes": run.class_names,
-                "dir": None} if run.metrics else None),
+        "timings": first.result.timings,
+        "segments": every.segment_counts(),
+        "images": _evaluated(runs),
+        "skipped": [vars(s) for run in runs for s in run.result.skipped],
+        "gt": ({"format": first.gt_format, "ignore": None, "classes": classes, "dir": None}
+               if classes else None),
+        "class_map": first.class_map.to_json(),
+        "grid": {"patch_size": first.patch_size, "input_size": first.input_size},
     }

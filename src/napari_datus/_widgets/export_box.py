@@ -8,7 +8,14 @@ from pathlib import Path
 
 import napari
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QPushButton
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QVBoxLayout,
+)
 
 from napari_datus._widgets.export import export_run
 from napari_datus._widgets.folder_controller import FolderController
@@ -17,27 +24,37 @@ from napari_datus.core.errors import DatusError
 
 
 class ExportBox(QGroupBox):
-    """Index and colour options and the Export button."""
+    """What to write (stage index masks, class annotations) and the Export button."""
 
     def __init__(self, viewer: napari.Viewer, current_run: Callable[[], WidgetRun | None],
-                 folders: FolderController) -> None:
+                 folders: FolderController, may_replace: Callable[[Path], bool]) -> None:
         super().__init__("Export (datus run layout)")
         self.viewer = viewer
         self.current_run = current_run
         self.folders = folders
-        self.index = QCheckBox("index PNG")
+        # False when the folder holds a saved run with edits the user keeps.
+        self.may_replace = may_replace
+        self.index = QCheckBox("stage masks")
         self.index.setChecked(True)
-        self.colour = QCheckBox("SUIM colours")
-        self.colour.setToolTip("pseudo masks in their matched classes' colours;"
-                               " needs metrics against SUIM ground truth")
+        self.index.setToolTip("partitions/, segments/, pseudo_masks/ (cluster ids, 255 ="
+                              " unlabelled) and denoised/ index PNGs")
+        self.classes = QCheckBox("class masks")
+        self.classes.setObjectName("export_classes")
+        self.classes.setChecked(True)
+        self.classes.setToolTip("annotations through the class table: class_masks/ (class"
+                                " ids, 255 = unlabelled or unassigned), class_masks_colour/"
+                                " (class colours) and classes.json")
         button = QPushButton("Export…")
         button.setToolTip("write the masks as edited, run.json (with the edits) and the"
-                          " metrics; `datus denoise` accepts the folder")
+                          " metrics of the exported masks; `datus denoise` accepts the"
+                          " folder")
         button.clicked.connect(self._choose_folder)
-        row = QHBoxLayout(self)
+        row = QHBoxLayout()
         row.addWidget(self.index)
-        row.addWidget(self.colour)
-        row.addWidget(button)
+        row.addWidget(self.classes)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(button)
 
     def export(self, folder: str | Path) -> list[Path]:
         """Write the chosen image's result layers (and metrics) to ``folder``.
@@ -48,13 +65,16 @@ class ExportBox(QGroupBox):
         if widget_run is None:
             show_error("nothing to export: run the pipeline on the chosen image first")
             return []
+        if not self.may_replace(Path(folder)):
+            show_info(f"nothing exported: {folder} keeps its saved run and edits")
+            return []
         try:
             if self.folders.shows(widget_run):
-                written = [self.folders.save(Path(folder))]
+                written = [self.folders.save(Path(folder), self.classes.isChecked())]
             else:
-                written = export_run(self.viewer, widget_run, Path(folder),
+                written = export_run(self.viewer, widget_run.group or widget_run, Path(folder),
                                      index=self.index.isChecked(),
-                                     colour=self.colour.isChecked())
+                                     classes=self.classes.isChecked())
         except DatusError as exc:
             show_error(str(exc))
             return []

@@ -10,6 +10,7 @@ import napari
 import numpy as np
 from napari.utils.notifications import show_info
 
+from napari_datus._widgets.class_view import carried_map
 from napari_datus._widgets.folder_panel import FolderPanel
 from napari_datus._widgets.folder_run import Edit, FolderRun
 from napari_datus._widgets.layers import show_folder_image
@@ -40,22 +41,29 @@ class FolderController:
 
     def work(self, folder: Path, files: list[Path], params: Params, out: Path | None,
              load_backbone: BackboneLoader, cache: FeatureCache,
-             kept: dict[str, Edit]) -> Generator[Progress, None, FolderRun]:
+             kept: dict[str, Edit], earlier: FolderRun | None = None,
+             ) -> Generator[Progress, None, FolderRun]:
         """Worker thread: every stage over the folder, one k-means, then the saved run.
 
         ``kept`` are edits of an earlier run of the folder that the user chose to keep; an
-        edit whose image changed size, or whose labels name clusters beyond this run's K,
-        is dropped with a notification.
+        edit whose image changed size, or whose labels name clusters beyond this run's, is
+        dropped with a notification. The classes of ``earlier`` (the run this one
+        replaces) are kept.
         """
         backbone = yield from load_backbone(params, len(files))
         result = yield from run(file_sources(files), len(files), params, backbone, cache)
         folder_run = FolderRun(folder, {f.stem: f for f in files}, result, backbone.patch_size,
                                backbone.input_size, weights=backbone.provenance(), out=out)
+        if earlier is not None:
+            folder_run.class_map, note = carried_map(
+                earlier.class_map, earlier.result.params.clusters, params.clusters)
+            if note:
+                show_info(note)
         folder_run.edits = _compatible(folder_run, kept)
         if out is not None:
             yield Progress("saving", 0, 1)
             save_run(out, result, folder_run.files, folder_run.weights,
-                     folder_run.edited_masks())
+                     folder_run.edited_masks(), folder_run.class_map, grid=folder_run.grid)
         return folder_run
 
     def show(self, folder_run: FolderRun, index: int = 0) -> None:
@@ -95,12 +103,14 @@ class FolderController:
         return (folder_run is not None and run.image_name == folder_run.stem(folder_run.index)
                 and run.result.results[0] is folder_run.result.results[folder_run.index])
 
-    def save(self, out: Path) -> Path:
-        """Save the whole folder run, with every edit, in the ``datus run`` layout."""
+    def save(self, out: Path, class_masks: bool = False) -> Path:
+        """Save the whole folder run, with every edit and the class map, in the ``datus
+        run`` layout (with the annotations in class ids and colours on request)."""
         self.keep_edits()
         folder_run = self.run
         return save_run(out, folder_run.result, folder_run.files, folder_run.weights,
-                        folder_run.edited_masks())
+                        folder_run.edited_masks(), folder_run.class_map, class_masks,
+                        folder_run.grid)
 
     def _show(self, index: int, shown: str | None) -> None:
         folder_run = self.run
@@ -116,9 +126,9 @@ class FolderController:
 
 
 def _compatible(folder_run: FolderRun, kept: dict[str, Edit]) -> dict[str, Edit]:
-    """The kept edits that still fit: same image size, labels within 0..K."""
+    """The kept edits that still fit: same image size, labels naming the run's clusters."""
     fitting: dict[str, Edit] = {}
-    k = folder_run.result.params.clusters
+    k = max(folder_run.result.params.clusters, folder_run.class_map.n_clusters)
     for index in range(len(folder_run)):
         stem = folder_run.stem(index)
         edit = kept.get(stem)
@@ -130,7 +140,7 @@ def _compatible(folder_run: FolderRun, kept: dict[str, Edit]) -> dict[str, Edit]
         valid = edit.values <= k
         if not valid.all():
             show_info(f"{int((~valid).sum())} edited pixels of {stem} named clusters above"
-                      f" K = {k} and were not kept")
+                      f" {k - 1} and were not kept")
         where = edit.where.copy()
         where[where] = valid
         if where.any():

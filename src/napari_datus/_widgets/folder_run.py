@@ -19,6 +19,7 @@ import numpy as np
 
 from napari_datus._widgets.edits import Edit
 from napari_datus._widgets.model import ImageStack, WidgetRun, to_file_labels, to_layer_labels
+from napari_datus.class_map import ClassMap
 from napari_datus.io.images import read_image
 from napari_datus.pipeline import DatasetResult, pseudo_mask
 
@@ -36,6 +37,7 @@ class FolderRun:
     weights : the backbone's provenance
     out : where the run was saved (None: not saved)
     edits : stem -> the user's edit of that image's pseudo mask
+    class_map : the user's classes, shared by every image's view
     index : the image on screen
     """
 
@@ -47,11 +49,19 @@ class FolderRun:
     weights: dict = field(default_factory=dict)
     out: Path | None = None
     edits: dict[str, Edit] = field(default_factory=dict)
+    class_map: ClassMap | None = None
     index: int = 0
 
     def __post_init__(self) -> None:
         # Reassignments change result.clusters in place; edits are measured against these.
         self._computed = [clusters.copy() for clusters in self.result.clusters]
+        if self.class_map is None:
+            self.class_map = ClassMap.per_cluster(self.result.params.clusters)
+
+    @property
+    def grid(self) -> dict[str, int]:
+        """The backbone's patch and input size, recorded in run.json for reopening."""
+        return {"patch_size": self.patch_size, "input_size": self.input_size}
 
     def __len__(self) -> int:
         return len(self.result.results)
@@ -68,12 +78,15 @@ class FolderRun:
                             self.result.params)
         stack = ImageStack(images=image[None], stems=[r.stem], is_stack=False)
         return WidgetRun(r.stem, stack, one, self.patch_size, self.input_size,
-                         weights=self.weights)
+                         weights=self.weights, class_map=self.class_map, out=self.out)
 
     def computed_labels(self, index: int) -> np.ndarray:
         """(H, W) uint8 computed pseudo mask of image ``index``, in layer convention."""
+        params = self.result.params
+        # Edge refinement follows the image, so it needs the pixels.
+        image = None if params.refine == "none" else read_image(self.files[self.stem(index)])
         return to_layer_labels(pseudo_mask(self.result.results[index], self._computed[index],
-                                           self.result.params.fill_noise))
+                                           params.fill_noise, params.refine, image))
 
     def record_edit(self, index: int, labels: np.ndarray) -> Edit | None:
         """Keep (or clear) the user's edit of image ``index``, given its layer's labels."""

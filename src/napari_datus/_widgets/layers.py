@@ -6,12 +6,12 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
+from napari_datus._widgets.class_view import cluster_colormap
 from napari_datus._widgets.folder_run import FolderRun
 from napari_datus._widgets.model import (
     DENOISED,
     ImageStack,
     WidgetRun,
-    cluster_colormap,
     image_stack,
     layer_arrays,
 )
@@ -22,6 +22,17 @@ NOISE_COLOURS = {0: "transparent", 1: "magenta", None: "transparent"}
 # Only the masks show at first (the de-noised one above the initial one): stacked opaque
 # label layers would hide each other.
 VISIBLE = ("pseudo mask", DENOISED)
+# What each result layer holds, for the dock's tooltips (napari's layer list shows a layer's
+# source there and offers no place for a description).
+LAYER_TERMS = (
+    "Result layers, beside each image:\n"
+    "<image> partitions: the Louvain communities of the patch affinity graph (stage 3).\n"
+    "<image> segments: connected parts of the communities; those larger than tau patches are"
+    " valid segments, the rest noise (stage 4).\n"
+    "<image> noise: 1 where a patch belongs to a noise segment.\n"
+    "<image> pseudo mask: the k-means cluster of every valid segment, drawn in its class's"
+    " colour; unlabelled where noise (stage 6). Paint on it to correct it.\n"
+    "<image> de-noised: the de-noising network's prediction, every pixel labelled (stage 7).")
 
 
 def run_of(layer: Layer | None) -> WidgetRun | None:
@@ -83,15 +94,15 @@ def update_layer(layer: Labels, run: WidgetRun, data: np.ndarray, image: Layer) 
 
 
 def paint_clusters(viewer: napari.Viewer, run: WidgetRun) -> None:
-    """Draw the pseudo-mask and de-noised layers in their matched classes' colours and names."""
-    for suffix, key in (("pseudo mask", "initial"), (DENOISED, "denoised")):
+    """Draw the pseudo-mask and de-noised layers in their classes' colours, with the class
+    names in the status bar (the run's class map)."""
+    colours, features = cluster_colormap(run)
+    for suffix in ("pseudo mask", DENOISED):
         name = run.layer_name(suffix)
         if name not in viewer.layers or run_of(viewer.layers[name]) is not run:
             continue
         layer = viewer.layers[name]
-        colours, features = cluster_colormap(run, key)
-        if colours:
-            layer.colormap = colours
+        layer.colormap = colours
         layer.features = features
 
 

@@ -15,21 +15,24 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_datus._widgets.layers import paint_clusters, run_of
+from napari_datus._widgets.class_table import ClassTable
+from napari_datus._widgets.class_view import is_untouched, matching_classes
+from napari_datus._widgets.layers import LAYER_TERMS, paint_clusters, run_of
 from napari_datus._widgets.model import (
     SegmentInfo,
     WidgetRun,
@@ -59,7 +62,7 @@ METRIC_TERMS = (
     "pixel accuracy: share of labelled pixels whose matched class is right.\n"
     "coverage: share of pixels the pseudo mask labels (noise segments stay unlabelled).\n"
     "strict: the same figures with unlabelled pixels counted as wrong.")
-TABLE_COLUMNS = ("class", "IoU", "F1", "strict IoU", "clusters")
+TABLE_COLUMNS = ("class", "IoU", "F1", "strict", "clusters")
 BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}
 
 
@@ -82,6 +85,7 @@ class MetricsWidget(QWidget):
 
     def _build(self) -> None:
         self.run_layer = LayerCombo(self.viewer, _is_pseudo_mask)
+        self.run_layer.setToolTip(LAYER_TERMS)
         self.run_layer.currentTextChanged.connect(lambda _name: self._on_run_changed())
         self.gt_layer = LayerCombo(self.viewer, _is_ground_truth,
                                    prefer=lambda layer: isinstance(layer, Labels))
@@ -104,6 +108,13 @@ class MetricsWidget(QWidget):
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
         self.table.setToolTip(METRIC_TERMS)
         self.table.verticalHeader().setVisible(False)
+        # Columns share the dock's width: no inner scroll bar, nothing cut off at the right.
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        for column in (0, len(TABLE_COLUMNS) - 1):  # class names and cluster lists
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setMinimumSectionSize(30)
         self.heatmap = ConfusionCanvas()
 
         layout = scrolled_layout(self)
@@ -112,6 +123,8 @@ class MetricsWidget(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
         layout.addWidget(self.heatmap)
+        self.classes = ClassTable(self.current_run, self._classes_changed)
+        layout.addWidget(self.classes)
         layout.addWidget(self._qa_box())
         layout.addStretch()
 
@@ -121,13 +134,15 @@ class MetricsWidget(QWidget):
                                    " (pan/zoom mode).")
         self.segment_info.setWordWrap(True)
         self.crop = QLabel()
-        self.new_cluster = QSpinBox()
+        self.new_class = QComboBox()
+        self.new_class.setObjectName("reassign_class")
+        self.new_class.setToolTip("The class the segment moves to; no other cluster changes")
         self.reassign_button = QPushButton("Reassign")
         self.reassign_button.setEnabled(False)
         self.reassign_button.clicked.connect(self.reassign)
         row = QHBoxLayout()
-        row.addWidget(QLabel("cluster"))
-        row.addWidget(self.new_cluster)
+        row.addWidget(QLabel("class"))
+        row.addWidget(self.new_class, 1)
         row.addWidget(self.reassign_button)
         layout = QVBoxLayout(box)
         layout.addWidget(self.segment_info)
@@ -152,6 +167,7 @@ class MetricsWidget(QWidget):
             self.segment_info.setText("The run changed: click a segment again.")
             self.crop.clear()
         self._show(run)
+        self.classes.refresh()
 
     def _watch(self, layer: Layer | None) -> None:
         """Follow ``layer``'s data events (a re-run updates its layers in place)."""
@@ -188,16 +204,25 @@ class MetricsWidget(QWidget):
         except DatusError as exc:
             show_error(str(exc))
             return None
+        untouched = is_untouched(run)
         run.gt, run.gt_format, run.class_names, run.metrics = gt, fmt, names, metrics
+        if untouched:  # the matching pre-fills the table; the user's own table stays
+            run.class_map = matching_classes(run)
         self._show(run)
-        paint_clusters(self.viewer, run)
+        self._classes_changed(run)
+        self.classes.refresh()
         return metrics
 
     def _show(self, run: WidgetRun | None) -> None:
         """Fill summary, per-class table and heatmap from ``run.metrics`` (or clear them)."""
-        if run is None or not run.metrics:
+        has_metrics = run is not None and bool(run.metrics)
+        # Without metrics the empty table and heatmap would push the class table down.
+        self.table.setVisible(has_metrics)
+        self.heatmap.setVisible(has_metrics)
+        if not has_metrics:
             self.summary.setText("" if run is None else "No metrics yet: choose ground truth"
-                                 " and press Compute metrics.")
+                                 " and press Compute metrics (the class table below works"
+                                 " without).")
             self.table.setRowCount(0)
             self.heatmap.clear()
             return
@@ -210,7 +235,6 @@ class MetricsWidget(QWidget):
                      _pct(initial["strict"]["per_class_iou"][c]), ", ".join(clusters) or "-")
             for column, text in enumerate(cells):
                 self.table.setItem(c, column, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
         # Show every class without an inner scroll bar.
         rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
         self.table.setFixedHeight(self.table.horizontalHeader().height() + rows + 2)
@@ -246,18 +270,26 @@ class MetricsWidget(QWidget):
         self._selected = (run, info)
         self.segment_info.setText(self._describe(run, info))
         set_image(self.crop, crop)
-        self.new_cluster.setRange(0, run.result.params.clusters - 1)
-        self.new_cluster.setValue(info.cluster or 0)
+        self._fill_classes(run, info)
         self.reassign_button.setEnabled(info.valid)
         return info
 
+    def _fill_classes(self, run: WidgetRun, info: SegmentInfo) -> None:
+        """The reassign choices: the run's classes, the segment's own selected."""
+        self.new_class.clear()
+        self.new_class.addItems([c.name for c in run.class_map.classes])
+        current = None if info.cluster is None else run.class_map.class_of(info.cluster)
+        if current is not None:
+            self.new_class.setCurrentIndex(current)
+
     def reassign(self) -> None:
-        """Move the inspected segment to the chosen cluster; mask and metrics follow."""
-        if self._selected is None:
+        """Move the inspected segment to the chosen class (the class's cluster, or a new
+        cluster made for it); mask and metrics follow, no other cluster changes."""
+        if self._selected is None or self.new_class.currentIndex() < 0:
             return
         run, info = self._selected
-        cluster = self.new_cluster.value()
         try:
+            cluster = run.class_map.cluster_for(self.new_class.currentIndex())
             reassign(run, info.index, info.segment, cluster)
         except DatusError as exc:
             show_error(str(exc))
@@ -274,9 +306,10 @@ class MetricsWidget(QWidget):
         if run.gt is not None:
             run.metrics = compute_metrics(run, run.gt, run.class_names,
                                           self._edited_masks(run))
-            paint_clusters(self.viewer, run)
             if run is self.current_run():
                 self._show(run)
+        self._classes_changed(run)
+        self.classes.refresh()
         self._selected = (run, replace(info, cluster=cluster))
         self.segment_info.setText(self._describe(run, self._selected[1]))
 
@@ -296,12 +329,19 @@ class MetricsWidget(QWidget):
         kind = f"valid segment {info.segment}" if info.valid else "noise"
         text = f"{stem}: {kind}, {info.patches} patches (component {info.component})"
         if info.cluster is not None:
-            text += f", cluster {info.cluster}"
-            mapping = run.metrics.get("initial", {}).get("mapping", {})
-            matched = mapping.get(str(info.cluster))
-            if matched is not None:
-                text += f" -> {run.class_names[matched]}"
+            class_id = run.class_map.class_of(info.cluster)
+            name = "unassigned" if class_id is None else run.class_map.classes[class_id].name
+            text += f", cluster {info.cluster} -> {name}"
         return text
+
+    def _classes_changed(self, run: WidgetRun) -> None:
+        """Repaint the run's layers by class, and save the map with a saved run."""
+        paint_clusters(self.viewer, run)
+        if run.out is not None:
+            try:
+                run.class_map.save(run.out)
+            except OSError as exc:
+                show_error(f"the classes were not saved in {run.out}: {exc}")
 
 
 def summary_lines(run: WidgetRun) -> list[str]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
-import matplotlib
 import numpy as np
 
+from napari_datus.class_map import ClassMap
 from napari_datus.core.denoise import TrainProgress
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.embeddings import masked_crops
@@ -25,12 +26,10 @@ from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
 from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import VOID, GroundTruthFormat, Scorer
 from napari_datus.io.images import to_rgb_uint8
-from napari_datus.io.masks import class_colours
 from napari_datus.pipeline import DatasetResult, Progress
 
 LAYER_SUFFIXES = ("partitions", "segments", "noise", "pseudo mask")
 DENOISED = "de-noised"
-UNMATCHED_COLOUR = (0.5, 0.5, 0.5, 1.0)
 
 
 @dataclass
@@ -98,6 +97,11 @@ class WidgetRun:
     class_names : its classes
     weights : the backbone's :meth:`~napari_datus.core.backbone.Backbone.provenance`
     pristine : the pseudo-mask layer's labels as computed, before any edit
+    class_map : the user's classes and the class of each cluster (default: one class per
+        cluster); a folder run's image views share the folder's map
+    out : the run folder the run is saved in (its class map is saved there), or None
+    group : the runs of a layer set (several image layers, one k-means), this one included;
+        empty for a run of its own
     """
 
     image_name: str
@@ -112,9 +116,20 @@ class WidgetRun:
     gt: np.ndarray | None = None
     gt_format: str = "index"
     class_names: list[str] = field(default_factory=list)
+    class_map: ClassMap | None = None
+    out: Path | None = None
+    group: list[WidgetRun] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._positions = {r.stem: i for i, r in enumerate(self.result.results)}
+        if self.class_map is None:
+            self.class_map = ClassMap.per_cluster(self.result.params.clusters)
+
+    @property
+    def n_clusters(self) -> int:
+        """Cluster labels the masks may hold: K, plus clusters made by reassigning a
+        segment to a class that had none."""
+        return max(self.result.params.clusters, self.class_map.n_clusters)
 
     def layer_name(self, suffix: str) -> str:
         return f"{self.image_name} {suffix}"
@@ -126,7 +141,11 @@ class WidgetRun:
     def pseudo_mask(self, index: int) -> np.ndarray | None:
         """(H, W) uint8 initial pseudo mask of stack image ``index``, 255 = unlabelled."""
         position = self.position(index)
-        return None if position is None else self.result.pseudo_mask(position)
+        if position is None:
+            return None
+        # Edge refinement follows the image, so it needs the pixels.
+        image = None if self.result.params.refine == "none" else stack_rgb(self.stack, index)
+        return self.result.pseudo_mask(position, image)
 
 
 def to_layer_labels(mask: np.ndarray) -> np.ndarray:
@@ -192,7 +211,7 @@ def denoise(run: WidgetRun, config: DenoiseConfig,
     def keep(stem: str, mask: np.ndarray) -> None:
         masks[index_of[stem]] = mask
 
-    yield from denoise_pairs(pairs, run.result.params.clusters, config, keep)
+    yield from denoise_pairs(pairs, run.n_clusters, config, keep)
     return masks
 
 
@@ -231,17 +250,6 @@ def ground_truth(data: np.ndarray, is_labels: bool, rgb: bool, fmt: str,
     return classes, spec.names(int(classes.max(initial=VOID)) + 1)
 
 
-def class_rgba(fmt: str, n_classes: int) -> np.ndarray:
-    """(C, 4) float RGBA per class: SUIM colours for SUIM formats, else a tab20 cycle."""
-    colours = class_colours(fmt)
-    if colours is not None:
-        rgb = colours / 255.0
-    else:
-        cycle = matplotlib.colormaps["tab20"].colors
-        rgb = np.array([cycle[i % len(cycle)] for i in range(n_classes)])
-    return np.hstack([rgb, np.ones((len(rgb), 1))])
-
-
 def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str],
                     initial: list[np.ndarray | None] | None = None) -> dict[str, dict]:
     """Initial (and de-noised) masks against ground truth, via the core's Confusion and evaluate.
@@ -273,7 +281,7 @@ def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str],
         masks["denoised"] = run.denoised
     metrics = {}
     for key, per_image in masks.items():
-        scorer = Scorer(run.result.params.clusters, classes=names)
+        scorer = Scorer(run.n_clusters, classes=names)
         for stem, mask, truth in zip(run.stack.stems, per_image, gt):
             if mask is not None:
                 scorer.add(stem, mask, truth)
@@ -292,29 +300,6 @@ def carry_metrics(run: WidgetRun, scored: WidgetRun) -> None:
         return
     run.metrics = compute_metrics(run, scored.gt, scored.class_names)
     run.gt, run.gt_format, run.class_names = scored.gt, scored.gt_format, scored.class_names
-
-
-def cluster_colormap(run: WidgetRun, key: str = "initial") -> tuple[dict, dict]:
-    """Colours and names of a cluster layer's labels ``c + 1`` (pseudo mask or de-noised).
-
-    Clusters matched to a class take its colour and name; unmatched ones are grey. Before
-    any metrics, clusters keep napari's default colours (empty dict).
-
-    Returns
-    -------
-    (colormap dict for a DirectLabelColormap, or {}; features dict)
-    """
-    k = run.result.params.clusters
-    features: dict = {"index": np.arange(1, k + 1), "cluster": np.arange(k)}
-    if key not in run.metrics:
-        return {}, features
-    mapping = run.metrics[key]["mapping"]
-    matched = [mapping[str(c)] for c in range(k)]
-    rgba = class_rgba(run.gt_format, len(run.class_names))
-    colours = {c + 1: (tuple(rgba[m]) if m is not None else UNMATCHED_COLOUR)
-               for c, m in enumerate(matched)}
-    features["class"] = [run.class_names[m] if m is not None else "unmatched" for m in matched]
-    return {0: "transparent", None: UNMATCHED_COLOUR, **colours}, features
 
 
 @dataclass
@@ -389,11 +374,11 @@ def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarr
     -------
     The image's new pseudo mask in layer convention, (H, W) uint8
     """
-    k = run.result.params.clusters
+    k = run.n_clusters
     if segment < 1:
         raise DatusError("noise has no cluster: choose a valid segment")
     if not 0 <= cluster < k:
         raise DatusError(f"cluster {cluster} is outside 0..{k - 1}")
     position = run.position(index)
     run.result.clusters[position][segment - 1] = cluster
-    return to_layer_labels(run.result.pseudo_mask(position))
+    return to_layer_labels(run.pseudo_mask(index))

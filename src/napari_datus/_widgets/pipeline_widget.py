@@ -22,44 +22,47 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 
-from napari_datus._widgets.edits import Edit, ask_keep_edits, layer_edits, with_edits
+from napari_datus._widgets.edits import (
+    Edit,
+    ask_keep_edits,
+    ask_overwrite_edits,
+    layer_edits,
+    with_edits,
+)
 from napari_datus._widgets.export_box import ExportBox
 from napari_datus._widgets.folder_controller import FolderController
 from napari_datus._widgets.folder_panel import FolderPanel
 from napari_datus._widgets.folder_run import FolderRun
 from napari_datus._widgets.jobs import RunFailed, reported
-from napari_datus._widgets.layers import add_result_layers, run_of, stack_of
-from napari_datus._widgets.model import (
-    ImageStack,
-    WidgetRun,
-    carry_metrics,
-    denoise,
-    layer_arrays,
+from napari_datus._widgets.layer_jobs import (
+    selected_images,
+    set_runs,
+    set_stacks,
+    show_set,
+    work_layer,
+    work_set,
 )
+from napari_datus._widgets.layers import LAYER_TERMS, add_result_layers, run_of, stack_of
+from napari_datus._widgets.model import WidgetRun
 from napari_datus._widgets.qt import LayerCombo, scrolled_layout
+from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
 from napari_datus.core.backbone import Backbone, load_backbone
-from napari_datus.core.choices import default_model, default_weights
 from napari_datus.core.denoise import TrainProgress
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
-from napari_datus.outputs import check_writable
-from napari_datus.pipeline import Params, Progress, array_sources, run
+from napari_datus.outputs import check_writable, saved_edit_pixels
+from napari_datus.pipeline import Params, Progress
 
 BackboneKey = tuple[str, str | None, str]
 Event = Progress | TrainProgress
-DEVICES = ("auto", "cpu", "cuda")
 # A spin box sends one change per arrow click or digit typed: wait this long after the
 # last one before a live re-run, so dragging from K=6 to K=9 costs one run, not three.
 LIVE_DELAY_MS = 300
@@ -85,6 +88,7 @@ class PipelineWidget(QWidget):
         self._live_pending = False
         # Edits of the replaced run the user chose to keep: stack index -> Edit.
         self._kept_edits: dict[int, Edit] = {}
+        self._kept_set_edits: dict[str, dict[int, Edit]] = {}
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
@@ -94,50 +98,22 @@ class PipelineWidget(QWidget):
     # ---- layout -------------------------------------------------------------------------
 
     def _build(self) -> None:
-        defaults = Params()
         self.image = LayerCombo(self.viewer, lambda layer: isinstance(layer, Image))
-        self.model = QLineEdit(default_model())
-        self.model.setToolTip("timm model name; the default DINOv2 ViT-S/14 works offline,"
-                              " other models need their hub weights or a weights file")
-        self.weights = QLineEdit(default_weights() or "")
-        self.weights.setPlaceholderText("default (offline DINOv2 for the default model)")
-        self.weights.setToolTip("a local .pth/.pt/.safetensors state dict for the model's"
-                                " architecture, or 'hub' for timm's pretrained weights;"
-                                " empty: the embedded DINOv2 ViT-S/14 (default model) or"
-                                " the hub (other models)")
-        browse = QPushButton("…")
-        browse.clicked.connect(self._browse_weights)
-        weights_row = QHBoxLayout()
-        weights_row.addWidget(self.weights)
-        weights_row.addWidget(browse)
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        self.resolution = _spin(8, 4096, defaults.resolution,
-                                "side the image is resized to; a multiple of the patch size")
-        self.clusters = _spin(1, 254, defaults.clusters, "K, number of k-means clusters")
-        self.tau = _spin(0, 100_000, defaults.tau, "segments of <= tau patches are noise")
-        self.seed = _spin(0, 2**31 - 1, defaults.seed, "seed of Louvain and k-means")
-        self.denoise = QCheckBox("de-noise with DeepLabV3")
-        self.epochs = _spin(1, 1000, DenoiseConfig().epochs, "de-noising training epochs")
-        self.live = QCheckBox("re-run when K or tau changes")
-        self.live.setChecked(True)
-        self.live.setToolTip("after a run, a new K or tau re-runs at once from the feature"
-                             " cache (k-means only, no ViT); off while de-noising is on")
-        for box in (self.clusters, self.tau):
-            box.valueChanged.connect(self._schedule_live_rerun)
-
+        self.together = QCheckBox("selected image layers as one dataset")
+        self.together.setObjectName("selected_layers")
+        self.together.setToolTip("select several Image layers in the layer list (any sizes):"
+                                 " one k-means over all their segments, result layers beside"
+                                 " each image")
         form = QFormLayout()
         form.addRow("image", self.image)
-        form.addRow("model", self.model)
-        form.addRow("weights", weights_row)
-        form.addRow("device", self.device)
-        form.addRow("resolution", self.resolution)
-        form.addRow("K", self.clusters)
-        form.addRow("tau", self.tau)
-        form.addRow("seed", self.seed)
-        form.addRow(self.live)
-        form.addRow(self.denoise)
-        form.addRow("epochs", self.epochs)
+        form.addRow(self.together)
+        self.settings = SettingsForm(self, self._schedule_live_rerun)
+        # The fields, as attributes of the dock too: scripts and tests set them.
+        s = self.settings
+        (self.model, self.weights, self.device, self.resolution, self.clusters, self.tau,
+         self.seed, self.refine, self.denoise, self.epochs, self.live) = (
+            s.model, s.weights, s.device, s.resolution, s.clusters, s.tau, s.seed, s.refine,
+            s.denoise, s.epochs, s.live)
         self.folder_panel = FolderPanel()
         self.folders = FolderController(self.viewer, self.folder_panel)
 
@@ -151,14 +127,18 @@ class PipelineWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.status.setToolTip(LAYER_TERMS)
+        self.run_button.setToolTip(LAYER_TERMS)
 
         layout = scrolled_layout(self)
         layout.addLayout(form)
+        layout.addLayout(self.settings)
         layout.addWidget(self.folder_panel)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
-        self.exporter = ExportBox(self.viewer, self.current_run, self.folders)
-        self.export_index, self.export_colour = self.exporter.index, self.exporter.colour
+        self.exporter = ExportBox(self.viewer, self.current_run, self.folders,
+                                  lambda out: self._may_replace(out))
+        self.export_index, self.export_classes = self.exporter.index, self.exporter.classes
         layout.addWidget(self.exporter)
         open_metrics = QPushButton("Metrics and segment QA…")
         open_metrics.clicked.connect(self._open_metrics)
@@ -169,28 +149,11 @@ class PipelineWidget(QWidget):
 
     def params(self) -> Params:
         """The pipeline settings shown in the widget (the rest keep Params' defaults)."""
-        return Params(
-            model=self.model.text().strip() or default_model(),
-            weights=self.weights.text().strip() or None,
-            resolution=self.resolution.value(),
-            clusters=self.clusters.value(),
-            tau=self.tau.value(),
-            seed=self.seed.value(),
-            device=self.device.currentText(),
-        )
+        return self.settings.params()
 
     def denoise_config(self) -> DenoiseConfig | None:
         """De-noising settings, or None when it is off."""
-        if not self.denoise.isChecked():
-            return None
-        return DenoiseConfig(epochs=self.epochs.value(), seed=self.seed.value(),
-                             device=self.device.currentText())
-
-    def _browse_weights(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "",
-                                              "State dicts (*.pth *.pt *.safetensors)")
-        if path:
-            self.weights.setText(path)
+        return self.settings.denoise_config()
 
     # ---- running ------------------------------------------------------------------------
 
@@ -200,6 +163,8 @@ class PipelineWidget(QWidget):
             return
         folder = self.folder_panel.folder_path()
         layer = self.image.layer()
+        together = folder is None and self.together.isChecked()
+        layers = selected_images(self.viewer, self.current_run()) if together else []
         try:
             params = self.params()
             params.validate()
@@ -210,6 +175,10 @@ class PipelineWidget(QWidget):
                 files = self.folders.files(folder)
                 if self.folder_panel.out_path() is not None:
                     check_writable(self.folder_panel.out_path())
+                    if not self._may_replace(self.folder_panel.out_path()):
+                        return
+            elif together:
+                stacks = set_stacks(layers)
             else:
                 stack = stack_of(layer)
         except DatusError as exc:
@@ -225,14 +194,26 @@ class PipelineWidget(QWidget):
             kept = self.folders.run.edits if keep and self.folders.run is not None else {}
             work = partial(reported, partial(self.folders.work, folder, files, params,
                                               self.folder_panel.out_path(),
-                                              self._load_backbone, self._cache, kept))
-            self._start(work, self._on_folder_returned, len(files))
+                                              self._load_backbone, self._cache, kept,
+                                              self.folders.run))
+            self._start(work, partial(self._on_returned, self._show_folder), len(files))
+            return
+        if together:
+            earlier = {r.image_name: r for r in set_runs(self.viewer, layers)}
+            self._kept_set_edits = ({name: layer_edits(self.viewer, r)
+                                     for name, r in earlier.items()} if keep else {})
+            work = partial(reported, partial(work_set, stacks, params, self._load_backbone,
+                                              self._cache, earlier))
+            self._start(work, partial(self._on_returned, partial(self._show_set, layers)),
+                        len(stacks))
             return
         # The run this one replaces, read here because layers belong to the main thread.
         scored = self.current_run()
         self._kept_edits = layer_edits(self.viewer, scored) if keep else {}
-        work = partial(self._work, layer.name, stack, params, config, scored)
-        self._start(work, partial(self._on_returned, layer), stack.shape[0])
+        work = partial(reported, partial(work_layer, layer.name, stack, params, config, scored,
+                                          self._load_backbone, self._cache))
+        self._start(work, partial(self._on_returned, partial(self._show_layer, layer)),
+                    stack.shape[0])
 
     def _start(self, work: Callable, returned: Callable, total: int) -> None:
         worker = thread_worker(work, start_thread=False)()
@@ -249,11 +230,27 @@ class PipelineWidget(QWidget):
     def _edits_to_keep(self) -> bool | None:
         """Whether a new run keeps the user's edits of the current one: asks when there are
         any; None when the user cancels."""
-        pixels = self.folders.keep_edits() if self.folder_panel.folder_path() else sum(
-            edit.pixels for edit in layer_edits(self.viewer, self.current_run()).values())
+        if self.folder_panel.folder_path():
+            pixels = self.folders.keep_edits()
+        else:
+            runs = (set_runs(self.viewer, selected_images(self.viewer, self.current_run()))
+                    if self.together.isChecked() else [self.current_run()])
+            pixels = sum(edit.pixels for run in runs
+                         for edit in layer_edits(self.viewer, run).values())
         if not pixels:
             return False
         return self._ask_about_edits(pixels)
+
+    def _may_replace(self, out: Path) -> bool:
+        """False when ``out`` holds a saved run with edits this run does not carry and the
+        user chose not to overwrite them."""
+        own = self.folders.run is not None and self.folders.run.out == out
+        pixels = saved_edit_pixels(out)
+        return own or not pixels or self._ask_overwrite(out, pixels)
+
+    def _ask_overwrite(self, out: Path, pixels: int) -> bool:
+        """Overwrite (True) or keep (False) a saved run's edits, asked in a dialog."""
+        return ask_overwrite_edits(self, out, pixels)
 
     def _ask_about_edits(self, pixels: int) -> bool | None:
         """Keep (True), discard (False) or cancel (None), asked in a dialog."""
@@ -291,30 +288,6 @@ class PipelineWidget(QWidget):
             self._worker.quit()
             self.status.setText("cancelling after the current image…")
 
-    def _work(self, name: str, stack: ImageStack, params: Params,
-              config: DenoiseConfig | None, scored: WidgetRun | None = None,
-              ) -> Generator[Event, None, tuple[WidgetRun, dict] | RunFailed]:
-        """Worker thread: every stage, the metrics against the ground truth ``scored`` (the
-        run being replaced) was scored with, then the layer arrays (no Qt here).
-
-        Returns ``(WidgetRun, arrays)``, or RunFailed for a user-fixable problem (a raised
-        error, or even a returned exception object, would reach napari as a traceback).
-        """
-        try:
-            backbone = yield from self._load_backbone(params, stack.shape[0])
-            result = yield from run(array_sources(stack.images, stack.stems), stack.shape[0],
-                                    params, backbone, self._cache)
-            widget_run = WidgetRun(name, stack, result, backbone.patch_size,
-                                   backbone.input_size, weights=backbone.provenance())
-            if config is not None:
-                widget_run.denoised = yield from denoise(widget_run, config)
-            if scored is not None:
-                carry_metrics(widget_run, scored)
-            yield Progress("building layers", 0, 1)
-            return widget_run, layer_arrays(widget_run)
-        except DatusError as exc:
-            return RunFailed(str(exc))
-
     def _load_backbone(self, params: Params, total: int) -> Generator[Event, None, Backbone]:
         """The cached backbone for (model, weights, device), loaded on first use."""
         key = (params.model, params.weights, params.device)
@@ -338,35 +311,45 @@ class PipelineWidget(QWidget):
         bar.set_description(f"DatUS {stage}")
         bar.update(done - bar.n)  # stages restart the count; update() also notifies napari
 
-    def _on_returned(self, image: Layer, out: tuple[WidgetRun, dict] | RunFailed) -> None:
+    def _on_returned(self, show: Callable, out) -> None:
+        """A job's result: ``show`` puts it on screen and returns the status line and the
+        inputs the pipeline skipped."""
         if isinstance(out, RunFailed):
             self.status.setText("failed")
             show_error(out.message)
             return
-        widget_run, arrays = out
+        line, skipped = show(out)
+        self.status.setText(line)
+        for item in skipped:
+            show_warning(f"skipped {item.file}: {item.reason}")
+
+    def _show_layer(self, image: Layer, out: tuple[WidgetRun, dict, str | None]) -> tuple:
+        widget_run, arrays, classes_note = out
         widget_run.pristine = arrays["pseudo mask"].copy()
         arrays["pseudo mask"] = with_edits(arrays["pseudo mask"], self._kept_edits,
-                                            widget_run.result.params.clusters)
+                                            widget_run.n_clusters)
+        if classes_note:
+            show_info(classes_note)
         add_result_layers(self.viewer, widget_run, arrays, image)
         counts = widget_run.result.segment_counts()
-        self.status.setText(f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid"
-                            f" and {counts['noise']} noise segments"
-                            f" ({counts['valid_fraction']:.0%} valid)")
-        for skipped in widget_run.result.skipped:
-            show_warning(f"skipped {skipped.file}: {skipped.reason}")
+        return (f"done: {widget_run.stack.shape[0]} image(s), {counts['valid']} valid and"
+                f" {counts['noise']} noise segments ({counts['valid_fraction']:.0%} valid)",
+                widget_run.result.skipped)
 
-    def _on_folder_returned(self, out: FolderRun | RunFailed) -> None:
-        if isinstance(out, RunFailed):
-            self.status.setText("failed")
-            show_error(out.message)
-            return
+    def _show_set(self, layers: list[Layer], out: list[tuple[WidgetRun, dict]]) -> tuple:
+        show_set(self.viewer, layers, out, self._kept_set_edits)
+        counts = [widget_run.result.segment_counts() for widget_run, _arrays in out]
+        return (f"done: {len(out)} image layers as one dataset,"
+                f" {sum(c['valid'] for c in counts)} valid and"
+                f" {sum(c['noise'] for c in counts)} noise segments",
+                [s for widget_run, _arrays in out for s in widget_run.result.skipped])
+
+    def _show_folder(self, out: FolderRun) -> tuple:
         self.folders.show(out)
         counts = out.result.segment_counts()
         saved = f"; saved in {out.out}" if out.out is not None else ""
-        self.status.setText(f"done: {len(out)} image(s) of {out.folder.name}, {counts['valid']}"
-                            f" valid and {counts['noise']} noise segments{saved}")
-        for skipped in out.result.skipped:
-            show_warning(f"skipped {skipped.file}: {skipped.reason}")
+        return (f"done: {len(out)} image(s) of {out.folder.name}, {counts['valid']} valid"
+                f" and {counts['noise']} noise segments{saved}", out.result.skipped)
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled: no layers were added")
@@ -402,11 +385,3 @@ class PipelineWidget(QWidget):
 
     def _open_metrics(self) -> None:
         self.viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
-
-
-def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box

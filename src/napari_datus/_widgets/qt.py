@@ -11,6 +11,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from napari.layers import Layer
+from qtpy.QtCore import QSize
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -114,6 +115,20 @@ def set_image(label: QLabel, rgb: np.ndarray, side: int = 160) -> None:
     label.setPixmap(QPixmap.fromImage(image).scaled(side, side))
 
 
+class _VerticalScroll(QScrollArea):
+    """A scroll area as wide as its contents plus a vertical scroll bar, so that scrolling
+    down never needs a horizontal bar (napari sizes a dock from this hint)."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        content = self.widget()
+        if content is None:
+            return hint
+        width = (content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                 + 2 * self.frameWidth())
+        return QSize(max(hint.width(), width), hint.height())
+
+
 def scrolled_layout(dock: QWidget) -> QVBoxLayout:
     """A layout for ``dock``'s contents inside a vertical scroll area.
 
@@ -121,7 +136,7 @@ def scrolled_layout(dock: QWidget) -> QVBoxLayout:
     contents forced a window taller than a laptop screen (1224 px for both docks).
     """
     content = QWidget()
-    scroll = QScrollArea()
+    scroll = _VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidget(content)

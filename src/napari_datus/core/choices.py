@@ -21,6 +21,9 @@ EMBEDDING_NORMS = ("l2", "standardise", "pca-whiten")
 # How a patch-grid pseudo mask reaches image size: nearest (the paper's) or an edge-aware
 # guided filter of the upsampled label scores (core.refine).
 REFINEMENTS = ("none", "guided")
+# Dataset-level grouping of segment embeddings: k-means with K centres (the paper's), or
+# k-means with --overcluster centres merged to K by average linkage (core.grouping).
+GROUPINGS = ("kmeans", "merge")
 # ViT arithmetic: auto = bf16 autocast on CUDA, float32 on CPU (core.features.uses_bf16).
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")

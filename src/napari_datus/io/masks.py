@@ -28,9 +28,18 @@ SUIM6_COLOURS = SUIM8_COLOURS[[1, 4, 6, 5, 3, 0]]
 # faster than the default and smaller too (measured on 640x480 masks of a 16x16 grid:
 # 2.2 against 3.6 ms and 1.5 against 1.7 KB, uint16). Pillow hands compress_type to zlib.
 PNG_OPTIONS = {"format": "PNG", "compress_type": zlib.Z_RLE}
+# Palette of cluster masks (PASCAL VOC style: the file holds ids, viewers show colours):
+# matplotlib's tab10 cycled over the ids, unlabelled (255) black.
+_TAB10 = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
+                   (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
+                   (188, 189, 34), (23, 190, 207)], dtype=np.uint8)
+CLUSTER_PALETTE = _TAB10[np.arange(256) % len(_TAB10)]
+CLUSTER_PALETTE[255] = 0
 # A channel between these values is neither "off" nor "on": not a SUIM colour.
 AMBIGUOUS_CHANNEL = (64, 191)
-MAX_AMBIGUOUS_FRACTION = 0.01
+# SUIM's own masks have up to 1.9% such pixels (f_r_1013_ of the train/val split, blended
+# edges); a photo or an index mask has most of its pixels there.
+MAX_AMBIGUOUS_FRACTION = 0.05
 
 
 def class_names(fmt: str, n_classes: int | None = None) -> list[str]:
@@ -112,13 +121,16 @@ def read_ground_truth(path: str | Path, fmt: str = "index") -> np.ndarray:
     return decode_suim(array, fmt, name=str(path))
 
 
-def write_index_mask(path: str | Path, labels: np.ndarray) -> Path:
+def write_index_mask(path: str | Path, labels: np.ndarray,
+                     palette: np.ndarray | None = None) -> Path:
     """Atomically write an index mask: PNG (uint8 or uint16) or TIFF above 65535.
 
     Parameters
     ----------
     path : target ``.png``; its suffix becomes ``.tif`` when ids exceed 65535
     labels : (H, W) non-negative integers
+    palette : (256, 3) uint8 colours for a uint8 mask: a palette PNG, whose pixels are
+        still the ids (Pillow and :func:`read_array` with ``keep_palette`` read them back)
 
     Returns
     -------
@@ -139,14 +151,17 @@ def write_index_mask(path: str | Path, labels: np.ndarray) -> Path:
         return path
     dtype = np.uint8 if labels.dtype == np.uint8 else np.uint16
     image = Image.fromarray(labels.astype(dtype))
+    if palette is not None and dtype == np.uint8:
+        image.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
     _atomic_write(path, lambda f: image.save(f, **PNG_OPTIONS))
     return path
 
 
 def write_colour_mask(path: str | Path, rgb: np.ndarray) -> Path:
-    """Atomically write an ``(H, W, 3) uint8`` colour mask as PNG."""
+    """Atomically write an ``(H, W, 3)`` (or ``(H, W, 4)`` RGBA) uint8 colour mask as PNG."""
     path = Path(path)
-    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    image = Image.fromarray(rgb)  # RGB or RGBA from the last axis
     _atomic_write(path, lambda f: image.save(f, **PNG_OPTIONS))
     return path
 
