@@ -27,6 +27,9 @@ class LayerCombo(QComboBox):
     def __init__(self, viewer: napari.Viewer, accept: Callable[[Layer], bool],
                  prefer: Callable[[Layer], bool] = lambda _layer: True) -> None:
         super().__init__()
+        # Long layer names must not widen the dock past the screen: names elide instead.
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
         self._viewer = viewer
         self._accept = accept
         self._prefer = prefer
