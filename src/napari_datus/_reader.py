@@ -23,7 +23,7 @@ import numpy as np
 
 from napari_datus.core.errors import DatusError
 from napari_datus.io.images import read_array
-from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim
+from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim, to_layer_labels
 from napari_datus.saved_run import is_run_folder, is_run_mask, mask_layer, run_layers
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
@@ -88,7 +88,6 @@ def with_runs(out: str | Path) -> list[LayerData]:
     from napari.utils.notifications import show_info
 
     from napari_datus._widgets.layers import METADATA_KEY
-    from napari_datus._widgets.model import to_layer_labels
     from napari_datus._widgets.reopen import reopened_runs
 
     layers = run_layers(out)

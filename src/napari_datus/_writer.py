@@ -16,7 +16,7 @@ import tifffile
 
 from napari_datus.core.errors import DatusError
 from napari_datus.io.atomic import atomic_path
-from napari_datus.io.masks import write_index_mask
+from napari_datus.io.masks import to_file_labels, write_index_mask
 
 MAX_ID = int(np.iinfo(np.uint32).max)
 # Metadata keys of DatUS result layers: a run in the widgets, a run folder in the reader.
@@ -63,11 +63,12 @@ def is_cluster_layer(attributes: dict) -> bool:
 
 
 def to_file_convention(labels: np.ndarray, name: str) -> np.ndarray:
-    """Layer labels ``c + 1`` (0 unlabelled) to file ids ``c`` (255 unlabelled), uint8."""
+    """Layer labels ``c + 1`` (0 unlabelled) to file ids ``c`` (255 unlabelled), uint8,
+    refusing labels a cluster mask cannot hold."""
     if labels.max(initial=0) > 255:
         raise DatusError(f"{name}: label {int(labels.max())} is not a DatUS cluster (at most"
                          " 254 clusters)")
-    return np.where(labels == 0, 255, labels.astype(np.int64) - 1).astype(np.uint8)
+    return to_file_labels(labels)
 
 
 def _as_ids(labels: np.ndarray, name: str) -> np.ndarray:

@@ -24,8 +24,8 @@ from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.distributed import dask_client, segment_images
 from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.dataset import list_images, match_ground_truth
-from napari_datus.io.images import max_pixels, read_array, read_image
-from napari_datus.io.masks import class_colours
+from napari_datus.io.images import max_pixels, read_image
+from napari_datus.io.masks import class_colours, read_cluster_mask
 from napari_datus.outputs import (
     PSEUDO_DIR,
     check_writable,
@@ -251,7 +251,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
         for r, c in zip(results, clusters):
             # A refined mask is read back rather than refined a second time.
             mask = (pseudo_mask(r, c, args.fill_noise) if args.refine == "none" else
-                    read_array(out / PSEUDO_DIR / f"{r.stem}.png", keep_palette=True))
+                    read_cluster_mask(out / PSEUDO_DIR / f"{r.stem}.png"))
             with timer("write"):
                 write_colour_pseudo_mask(out, r.stem, mask, metrics["mapping"], colours)
     return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,

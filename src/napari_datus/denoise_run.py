@@ -13,6 +13,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
 from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import GroundTruthFormat, Scorer
-from napari_datus.io.images import read_array, read_image
-from napari_datus.io.masks import write_index_mask
+from napari_datus.io.images import read_image
+from napari_datus.io.masks import read_cluster_mask, write_index_mask
 from napari_datus.outputs import (
     CHECKPOINT_DIR,
     DENOISED_DIR,
@@ -103,17 +104,8 @@ def read_run(out_dir: str | Path) -> RunInputs:
 def training_pairs(run: RunInputs) -> list[Pair]:
     """(stem, load image, load pseudo mask) for every image of the run, loaded lazily."""
     masks = run.out_dir / "pseudo_masks"
-    return [(stem, (lambda p=path: read_image(p)), (lambda p=masks / f"{stem}.png": read_mask(p)))
+    return [(stem, partial(read_image, path), partial(read_cluster_mask, masks / f"{stem}.png"))
             for stem, path in sorted(run.images.items())]
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """(H, W) uint8 pseudo mask, 255 = unlabelled."""
-    mask = read_array(path, keep_palette=True)
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise DatusError(f"{path} is not a uint8 index mask (shape {mask.shape},"
-                         f" dtype {mask.dtype})")
-    return mask
 
 
 def iter_denoise_run(

@@ -21,8 +21,8 @@ from PIL import Image as PILImage
 
 from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
-from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.io.images import read_array, read_image
+from napari_datus.io.masks import read_cluster_mask, to_layer_labels
 from napari_datus.outputs import (
     DENOISED_DIR,
     PARTITIONS_DIR,
@@ -188,8 +188,7 @@ def _suffix_of(path: Path) -> str:
 
 def _clusters(path: Path) -> np.ndarray:
     """File convention (255 unlabelled, ``c``) to layer convention (0, ``c + 1``)."""
-    mask = read_array(path, keep_palette=True)
-    return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint16)
+    return to_layer_labels(read_cluster_mask(path)).astype(np.uint16)
 
 
 _LABEL_RULES = {

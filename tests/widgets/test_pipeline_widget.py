@@ -7,11 +7,11 @@ import pytest
 from napari.layers import Labels
 
 from napari_datus._widgets.layers import run_of
-from napari_datus._widgets.model import LAYER_SUFFIXES, to_layer_labels
+from napari_datus._widgets.model import LAYER_SUFFIXES
 from napari_datus._widgets.pipeline_widget import LIVE_DELAY_MS
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.core.pseudolabel import upsample_nearest
-from napari_datus.io.masks import SUIM6_NAMES, SUIM8_TO_SUIM6
+from napari_datus.io.masks import SUIM6_NAMES, SUIM8_TO_SUIM6, to_layer_labels
 
 from .conftest import errors, run_and_wait
 

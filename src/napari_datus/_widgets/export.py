@@ -24,12 +24,11 @@ from napari_datus._widgets.model import (
     WidgetRun,
     compute_metrics,
     stack_rgb,
-    to_file_labels,
 )
 from napari_datus.core.errors import DatusError
 from napari_datus.core.metrics import evaluate
 from napari_datus.evaluation import Scorer
-from napari_datus.io.masks import write_colour_mask, write_json_atomic
+from napari_datus.io.masks import to_file_labels, write_colour_mask, write_json_atomic
 from napari_datus.outputs import (
     DENOISED_DIR,
     EXPORTED_IMAGES_DIR,

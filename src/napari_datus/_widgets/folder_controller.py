@@ -14,10 +14,11 @@ from napari_datus._widgets.class_view import carried_map
 from napari_datus._widgets.folder_panel import FolderPanel
 from napari_datus._widgets.folder_run import Edit, FolderRun
 from napari_datus._widgets.layers import show_folder_image
-from napari_datus._widgets.model import WidgetRun, to_file_labels
+from napari_datus._widgets.model import WidgetRun
 from napari_datus.cache import FeatureCache, file_sources
 from napari_datus.core.backbone import Backbone
 from napari_datus.io.dataset import list_images
+from napari_datus.io.masks import to_file_labels
 from napari_datus.params import Params
 from napari_datus.pipeline import Progress, run
 from napari_datus.saved_run import save_edits, save_run

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_datus._widgets.edits import Edit
-from napari_datus._widgets.model import ImageStack, WidgetRun, to_file_labels, to_layer_labels
+from napari_datus._widgets.model import ImageStack, WidgetRun
 from napari_datus.class_map import ClassMap
 from napari_datus.io.images import read_image
+from napari_datus.io.masks import to_file_labels, to_layer_labels
 from napari_datus.pipeline import DatasetResult, pseudo_mask
 
 

@@ -42,7 +42,6 @@ from napari_datus._widgets.model import (
     segment_at,
     segment_crop,
     segment_pixels,
-    to_file_labels,
 )
 from napari_datus._widgets.qt import (
     ConfusionCanvas,
@@ -53,6 +52,7 @@ from napari_datus._widgets.qt import (
 )
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
+from napari_datus.io.masks import to_file_labels
 
 # The terms of the summary and the table, for their tooltips (docs/napari.md says more).
 METRIC_TERMS = (

@@ -22,10 +22,11 @@ from napari_datus.core.embeddings import masked_crops
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import resize_image
 from napari_datus.core.metrics import evaluate
-from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
+from napari_datus.core.pseudolabel import upsample_nearest
 from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import VOID, GroundTruthFormat, Scorer
 from napari_datus.io.images import to_rgb_uint8
+from napari_datus.io.masks import to_layer_labels
 from napari_datus.pipeline import DatasetResult, Progress
 
 LAYER_SUFFIXES = ("partitions", "segments", "noise", "pseudo mask")
@@ -146,16 +147,6 @@ class WidgetRun:
         # Edge refinement follows the image, so it needs the pixels.
         image = None if self.result.params.refine == "none" else stack_rgb(self.stack, index)
         return self.result.pseudo_mask(position, image)
-
-
-def to_layer_labels(mask: np.ndarray) -> np.ndarray:
-    """Pseudo mask file convention (255 unlabelled) to layer convention (0 unlabelled, c + 1)."""
-    return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint8)
-
-
-def to_file_labels(labels: np.ndarray) -> np.ndarray:
-    """Layer convention (0 unlabelled, ``c + 1``) back to file convention (255, ``c``)."""
-    return np.where(labels == 0, UNLABELLED, labels.astype(np.int64) - 1).astype(np.uint8)
 
 
 def layer_arrays(run: WidgetRun) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
 from napari_datus.core.segments import split_segments
 from napari_datus.io.images import read_array, read_image
+from napari_datus.io.masks import read_cluster_mask
 from napari_datus.outputs import PARTITIONS_DIR, PSEUDO_DIR, SEGMENTS_DIR, read_json
 from napari_datus.params import Params
 from napari_datus.pipeline import DatasetResult, ImageResult
@@ -55,7 +56,7 @@ def reopened_runs(out: Path) -> dict[str, WidgetRun]:
         # Read when first needed (a crop, an export), as the reader's Image layer is.
         image = lazy_read(image_file, read_image, np.uint8, rgb=True)
         result = _image_result(out, stem, grid, params.tau, image.shape[:2])
-        mask = read_array(out / PSEUDO_DIR / f"{stem}.png", keep_palette=True)
+        mask = read_cluster_mask(out / PSEUDO_DIR / f"{stem}.png")
         one = DatasetResult([result], [segment_clusters(result, mask)],
                             record.get("timings") or {}, [], params)
         runs[stem] = WidgetRun(stem, ImageStack(image[None], [stem], False), one, patch,

@@ -12,6 +12,7 @@ from PIL import Image
 
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
+from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_array
 
@@ -111,6 +112,27 @@ def decode_index(array: np.ndarray, name: str = "mask") -> np.ndarray:
     if a.min(initial=0) < 0:
         raise DatusError(f"{name} holds negative labels")
     return a
+
+
+def to_layer_labels(mask: np.ndarray) -> np.ndarray:
+    """Cluster mask file convention (255 unlabelled, ``c``) to napari layer convention
+    (0 unlabelled, ``c + 1``): napari draws label 0 transparent. (H, W) uint8."""
+    return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint8)
+
+
+def to_file_labels(labels: np.ndarray) -> np.ndarray:
+    """Layer convention (0 unlabelled, ``c + 1``) back to file convention (255, ``c``)."""
+    return np.where(labels == 0, UNLABELLED, labels.astype(np.int64) - 1).astype(np.uint8)
+
+
+def read_cluster_mask(path: str | Path) -> np.ndarray:
+    """A run's pseudo-mask or de-noised PNG (palette or gray) as (H, W) uint8 cluster ids,
+    255 = unlabelled."""
+    mask = read_array(path, keep_palette=True)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise DatusError(f"{path} is not a uint8 index mask (shape {mask.shape},"
+                         f" dtype {mask.dtype})")
+    return mask
 
 
 def read_ground_truth(path: str | Path, fmt: str = "index") -> np.ndarray:
