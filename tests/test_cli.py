@@ -399,7 +399,8 @@ def test_a_rerun_with_another_k_never_builds_the_model(lazy_cli, folder, capsys)
 
 
 def test_a_cached_rerun_imports_neither_torch_nor_timm(lazy_cli, folder, capsys):
-    """The deterministic stand-in for a re-run's speed: no torch, timm or igraph."""
+    """The deterministic stand-in for a re-run's speed: no torch, timm, igraph, and with
+    the merge grouping's overclusterings cached, no scikit-learn."""
     import subprocess
     import sys
 
@@ -409,7 +410,7 @@ def test_a_cached_rerun_imports_neither_torch_nor_timm(lazy_cli, folder, capsys)
     argv[argv.index("--clusters") + 1] = "3"
     code = (f"import sys; from napari_datus import cli, commands; {setup};"
             f" status = cli.main({argv!r});"
-            " print(status, [m for m in ('torch', 'timm', 'torchvision', 'igraph')"
+            " print(status, [m for m in ('torch', 'timm', 'torchvision', 'igraph', 'sklearn')"
             " if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

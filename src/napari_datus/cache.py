@@ -272,6 +272,17 @@ class FeatureCache:
         if stored.vectors is not None:
             self._write("embeddings", key, {"ids": stored.ids, "vectors": stored.vectors})
 
+    def overclusterings(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+        """Stored overclusterings (:mod:`napari_datus.clustering`) of this ``(R, M)``
+        shape, uint8, or None on a miss."""
+        arrays = self._read("overclusterings", key)
+        labels = None if arrays is None else arrays.get("labels")
+        return labels if _fits(labels, shape, np.uint8) else None
+
+    def put_overclusterings(self, key: str, labels: np.ndarray) -> None:
+        """Store ``(R, M) uint8`` overclusterings."""
+        self._write("overclusterings", key, {"labels": np.asarray(labels, dtype=np.uint8)})
+
     def backbone_facts(self, identity: str) -> dict | None:
         """The descriptor of a model's geometry stored under its weights identity, or None.
 

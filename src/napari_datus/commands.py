@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> dict:
         if not results:
             raise DatusError("no image could be processed")
         with timer("kmeans"):
-            clusters = cluster(results, params)
+            clusters = cluster(results, params, cache)
         metrics_inputs = _write_masks(out, results, clusters, gt_files, gt, args, timer,
                                       skipped, run_id, {f.stem: f for f in files})
         run_info = {

@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
+from napari_datus.clustering import cluster
 from napari_datus.core.embeddings import (
     crop_cls_embeddings,
     pooled_token_embeddings,
@@ -33,11 +34,9 @@ from napari_datus.core.features import (
     resize_image,
 )
 from napari_datus.core.graph import adjacency
-from napari_datus.core.grouping import overcluster_merge
 from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.core.partition import louvain
 from napari_datus.core.pseudolabel import (
-    cluster_segments,
     fill_unlabelled,
     paint_grid,
     upsample_nearest,
@@ -49,7 +48,6 @@ from napari_datus.core.segments import (
     split_components,
     split_segments,
 )
-from napari_datus.core.whitening import normalise_embeddings
 from napari_datus.params import Params, check_graph_memory
 
 if TYPE_CHECKING:
@@ -414,30 +412,6 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def cluster(results: list[ImageResult], params: Params) -> list[np.ndarray]:
-    """Stage 6: k-means (or ``grouping="merge"``: overclustering merged to K) over every
-    valid segment of the dataset.
-
-    Returns
-    -------
-    list of (n_i,) uint8: cluster of each valid segment, per image
-    """
-    dim = next((r.embeddings.shape[1] for r in results if r.embeddings.size), 0)
-    stacked = np.concatenate([r.embeddings for r in results if r.embeddings.size]) if dim \
-        else np.zeros((0, 1), dtype=np.float32)
-    if stacked.shape[0]:
-        stacked = normalise_embeddings(stacked, params.embedding_norm)
-    weights = (np.concatenate([r.segments.sizes for r in results]).astype(np.float64)
-               if params.size_weighted else None)
-    if params.grouping == "merge":
-        labels = overcluster_merge(stacked, params.clusters, params.overcluster, params.seed,
-                                   params.n_init, weights)
-    else:
-        labels = cluster_segments(stacked, params.clusters, params.seed, params.n_init, weights)
-    counts = [r.embeddings.shape[0] for r in results]
-    return np.split(labels, np.cumsum(counts)[:-1]) if counts else []
-
-
 def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = False,
                 refine: str = "none", image: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 initial pseudo mask at the original image size, 255 = unlabelled.
@@ -479,7 +453,7 @@ def run(
                          + "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3]))
     yield Progress("kmeans", 0, 1)
     with timer("kmeans"):
-        clusters = cluster(results, params)
+        clusters = cluster(results, params, cache)
     yield Progress("kmeans", 1, 1)
     return DatasetResult(results, clusters, timer.seconds, skipped, params)
 

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from napari_datus.core.errors import DatusError
-from napari_datus.core.grouping import merge_centres, overcluster_merge
+from napari_datus.core.grouping import (
+    adjusted_rand_index,
+    merge_centres,
+    overcluster_merge,
+    overclusterings,
+)
 
 
 def blobs(rng, centres, n=30, spread=0.02):
@@ -52,3 +57,39 @@ def test_overcluster_larger_than_the_segments_is_capped(rng):
     x, _ = blobs(rng, np.eye(3), n=3)
     labels = overcluster_merge(x, 3, overcluster=100, seed=0, n_init=1)
     assert set(labels) == {0, 1, 2}
+
+
+def test_merge_matches_scikit_learn_average_linkage(rng):
+    from sklearn.cluster import AgglomerativeClustering
+
+    from napari_datus.core.grouping import _first_seen_order
+
+    for k in (2, 3, 7, 19):
+        centres = rng.normal(size=(20, 6))
+        expected = AgglomerativeClustering(n_clusters=k, metric="cosine",
+                                           linkage="average").fit(centres).labels_
+        np.testing.assert_array_equal(merge_centres(centres, k), _first_seen_order(expected))
+
+
+def test_adjusted_rand_index_matches_scikit_learn(rng):
+    from sklearn.metrics import adjusted_rand_score
+
+    cases = [(np.zeros(5), np.zeros(5)), (np.arange(4), np.arange(4)),
+             (np.zeros(4), np.arange(4)), (np.array([0]), np.array([3]))]
+    for _ in range(100):
+        n = int(rng.integers(2, 50))
+        cases.append((rng.integers(0, int(rng.integers(1, 6)), n),
+                      rng.integers(0, int(rng.integers(1, 6)), n)))
+    for a, b in cases:
+        assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+
+
+def test_kept_overclusterings_give_the_labels_of_a_fresh_run(rng):
+    x, _ = blobs(rng, np.eye(5), n=12, spread=0.2)
+    weights = rng.uniform(1, 5, x.shape[0])
+    fine = overclusterings(x, 16, seed=2, n_init=2, weights=weights)
+    assert fine.shape == (5, x.shape[0]) and fine.dtype == np.uint8
+    for k in (2, 3, 4):
+        np.testing.assert_array_equal(
+            overcluster_merge(x, k, 16, seed=2, n_init=2, weights=weights, fine=fine),
+            overcluster_merge(x, k, 16, seed=2, n_init=2, weights=weights))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_datus import pipeline
+from napari_datus import clustering, pipeline
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import PatchFeatures, extract_features, resize_image
 from napari_datus.core.graph import adjacency
@@ -121,7 +121,7 @@ def test_cluster_passes_segment_sizes_as_weights_when_asked(monkeypatch):
         seen["weights"] = weights
         return np.zeros(embeddings.shape[0], np.uint8)
 
-    monkeypatch.setattr(pipeline, "cluster_segments", fake)
+    monkeypatch.setattr(clustering, "cluster_segments", fake)
     segs = Segments(components=np.ones((2, 2), np.int32), valid=np.array([[1, 2], [2, 2]]),
                     sizes=np.array([1, 3]), n_noise=0)
     result = pipeline.ImageResult("a", (2, 2), np.zeros((2, 2), np.int32), segs,
@@ -133,8 +133,9 @@ def test_cluster_passes_segment_sizes_as_weights_when_asked(monkeypatch):
                                                grouping="kmeans"))
     assert seen["weights"] is None
     seen.clear()
-    monkeypatch.setattr(pipeline, "overcluster_merge",
-                        lambda x, k, j, seed, n_init, weights: fake(x, k, seed, n_init, weights))
+    monkeypatch.setattr(clustering, "overcluster_merge",
+                        lambda x, k, j, seed, n_init, weights, fine: fake(x, k, seed, n_init,
+                                                                          weights))
     pipeline.cluster([result], pipeline.Params(clusters=1, size_weighted=True))  # merge
     np.testing.assert_array_equal(seen["weights"], [1.0, 3.0])
 
