@@ -344,6 +344,13 @@ def process_rows(baseline: Path | None, bf16: bool) -> list[str]:
             and (bf16 or not name.endswith("_bf16"))]
 
 
+def round_ratios(runs: dict[str, list[dict]], top: str, bottom: str) -> str:
+    """``top / bottom`` seconds per round, as "median [min-max] (r1, r2, ...)"."""
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs[top], runs[bottom])]
+    return (f"{np.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+            f" ({', '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def cpu_flags() -> dict[str, bool]:
     """Which of :data:`CPU_FLAGS` the CPU has (Linux; empty elsewhere)."""
     try:
@@ -451,7 +458,11 @@ def process_markdown(process: dict, flags: dict[str, bool]) -> list[str]:
     lines += ["", "Targets (issue 14): cold run / plain loop"
               f" {median['cold'] / median['plain']:.2f} (at most 1.3); warm re-run / cold run"
               f" {median['warm'] / median['cold']:.3f} (at most 0.15); `datus --help`"
-              f" {median['help']:.2f} s (under 1 s)."]
+              f" {median['help']:.2f} s (under 1 s).", "",
+              "The same ratios within each round (commands of a round run back to back, so a"
+              " busy spell of the machine weighs less): cold / loop "
+              + round_ratios(process["runs"], "cold", "plain") + "; warm / cold "
+              + round_ratios(process["runs"], "warm", "cold") + "."]
     return lines
 
 

@@ -7,6 +7,7 @@ from napari_datus.core.grouping import (
     merge_centres,
     overcluster_merge,
     overclusterings,
+    restart_seeds,
 )
 
 
@@ -89,6 +90,10 @@ def test_kept_overclusterings_give_the_labels_of_a_fresh_run(rng):
     weights = rng.uniform(1, 5, x.shape[0])
     fine = overclusterings(x, 16, seed=2, n_init=2, weights=weights)
     assert fine.shape == (5, x.shape[0]) and fine.dtype == np.uint8
+    from napari_datus.core.pseudolabel import cluster_segments
+
+    for labels, seed in zip(fine, restart_seeds(2, 5)):  # run in threads, same as one by one
+        np.testing.assert_array_equal(labels, cluster_segments(x, 16, seed, 2, weights))
     for k in (2, 3, 4):
         np.testing.assert_array_equal(
             overcluster_merge(x, k, 16, seed=2, n_init=2, weights=weights, fine=fine),
