@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from napari_datus import cache as cache_module
-from napari_datus import pipeline
+from napari_datus import stages
 from napari_datus.cache import CacheWarning, ComponentEmbeddings, FeatureCache, file_sources
 from napari_datus.core.backbone import Backbone
 from napari_datus.core.features import PatchFeatures
@@ -41,8 +41,8 @@ def vit(monkeypatch, tiny_backbone):
 
 @pytest.fixture
 def louvain(monkeypatch):
-    counter = Counter(pipeline.louvain)
-    monkeypatch.setattr(pipeline, "louvain", counter)
+    counter = Counter(stages.louvain)
+    monkeypatch.setattr(stages, "louvain", counter)
     return counter
 
 

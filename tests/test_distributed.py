@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_datus import cli, commands, distributed, pipeline
+from napari_datus import cli, commands, distributed, stages
 from napari_datus.cache import FeatureCache
 from napari_datus.core.backbone import Backbone
 from napari_datus.core.errors import DatusError
@@ -57,7 +57,7 @@ def test_two_workers_give_the_single_process_results(client, backbone, embedding
         np.testing.assert_array_equal(a, b)
     # the workers filled the shared cache: a local re-run hits it entirely
     louvain_calls = []
-    monkeypatch.setattr(pipeline, "louvain", lambda *a: louvain_calls.append(a))
+    monkeypatch.setattr(stages, "louvain", lambda *a: louvain_calls.append(a))
     cached, _ = drive(segment_images(sources, 7, backbone, params, cache=FeatureCache(tmp_path)))
     assert not louvain_calls
     for a, b in zip(remote, cached):

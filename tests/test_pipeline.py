@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_datus import pipeline
+from napari_datus import stages
 from napari_datus.core.errors import DatusError
 from napari_datus.pipeline import Params, array_sources, drive, run
 
@@ -89,13 +89,13 @@ def test_per_image_stages_get_one_blas_thread(tiny_backbone, monkeypatch):
     from threadpoolctl import threadpool_info
 
     seen = []
-    original = pipeline.adjacency
+    original = stages.adjacency
 
     def graph(*args, **kwargs):
         seen.append(max(i["num_threads"] for i in threadpool_info()
                         if i["user_api"] == "blas" and "numpy" in i["filepath"]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "adjacency", graph)
+    monkeypatch.setattr(stages, "adjacency", graph)
     drive(run(array_sources(blocky_images(2)), 2, tiny_params(), tiny_backbone))
     assert seen == [1, 1]

@@ -22,7 +22,7 @@ from napari_datus.core.whitening import normalise_embeddings
 from napari_datus.params import Params
 
 if TYPE_CHECKING:
-    from napari_datus.pipeline import ImageResult
+    from napari_datus.stages import ImageResult
 
 
 def cluster(results: list[ImageResult], params: Params,

@@ -1,83 +1,48 @@
 """Orchestration of the DatUS stages for a dataset, as generators.
 
-Stages 1-5 run per image (:func:`segment_image`), stage 6 over the whole dataset
-(:func:`cluster`, :func:`pseudo_mask`). :func:`segment_dataset` and :func:`run` are
-generators that yield a :class:`Progress` after every image, so a napari
-``thread_worker`` reports progress and cancels at the next yield, and the command
-line drives the same code with a progress bar. Only patch-grid results and
-embeddings are kept per image, never full-size images.
+Stages 1-5 run per image (:func:`segment_image`; the stages themselves are in
+:mod:`napari_datus.stages`, their cached path in :mod:`napari_datus.cached_stages`),
+stage 6 over the whole dataset (:func:`cluster`, from :mod:`napari_datus.clustering`, and
+:func:`pseudo_mask`). :func:`segment_dataset` and :func:`run` are generators that yield a
+:class:`Progress` after every image, so a napari ``thread_worker`` reports progress and
+cancels at the next yield, and the command line drives the same code with a progress bar.
+Only patch-grid results and embeddings are kept per image, never full-size images.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
+from napari_datus.cache import FeatureCache
+from napari_datus.cached_stages import segment_cached
 from napari_datus.clustering import cluster
-from napari_datus.core.embeddings import (
-    crop_cls_embeddings,
-    pooled_token_embeddings,
-)
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import (
-    PatchFeatures,
     check_resolution,
     extract_features,
     resize_image,
 )
-from napari_datus.core.graph import adjacency
 from napari_datus.core.lazy_backbone import LazyBackbone
-from napari_datus.core.partition import louvain
 from napari_datus.core.pseudolabel import (
     fill_unlabelled,
     paint_grid,
     upsample_nearest,
 )
 from napari_datus.core.refine import refine_mask
-from napari_datus.core.segments import (
-    Segments,
-    connected_components,
-    split_components,
-    split_segments,
-)
 from napari_datus.params import Params, check_graph_memory
+from napari_datus.stages import ImageResult, Timer, check_image_size, segment_features
 
 if TYPE_CHECKING:
-    import torch
-
     from napari_datus.core.backbone import Backbone
 
     AnyBackbone = Backbone | LazyBackbone
 
-STAGES = ("read", "keys", "graph", "partition", "segments", "embeddings", "kmeans", "write")
-
-
-@dataclass
-class ImageResult:
-    """Stages 1-5 for one image, on its patch grid.
-
-    Attributes
-    ----------
-    stem : str
-    shape : (H, W) of the original image
-    partition : (g, g) int32 Louvain community per patch
-    segments : Segments
-    embeddings : (n, D) float32, one row per valid segment
-    """
-
-    stem: str
-    shape: tuple[int, int]
-    partition: np.ndarray
-    segments: Segments
-    embeddings: np.ndarray
 
 
 @dataclass
@@ -129,38 +94,6 @@ class DatasetResult:
                 "valid_fraction": valid / (valid + noise) if valid + noise else 0.0}
 
 
-class Timer:
-    """Seconds per stage, summed over images.
-
-    Stages may nest (the cached path decodes an image only inside the stage that needs
-    it): an inner stage's seconds count for the inner stage only.
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {stage: 0.0 for stage in STAGES}
-        self._nested: list[float] = []
-
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        self._nested.append(0.0)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            inner = self._nested.pop()
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
-            if self._nested:
-                self._nested[-1] += elapsed
-
-
-def check_image_size(shape: tuple[int, ...], patch_size: int, name: str) -> None:
-    """Refuse images smaller than two patches a side: they hold no segment worth having."""
-    if min(shape[:2]) < 2 * patch_size:
-        raise DatusError(f"{name} is {shape[1]}x{shape[0]} pixels, smaller than two"
-                         f" {patch_size}-pixel patches a side")
-
-
 def segment_image(image: np.ndarray, backbone: AnyBackbone, params: Params, stem: str = "",
                   timer: Timer | None = None, cache: FeatureCache | None = None) -> ImageResult:
     """Stages 1-5 on one image.
@@ -179,165 +112,13 @@ def segment_image(image: np.ndarray, backbone: AnyBackbone, params: Params, stem
     """
     timer = timer or Timer()
     if cache is not None and cache.enabled:
-        return _segment_cached(stem, lambda: image, backbone, params, timer, cache)
+        return segment_cached(stem, lambda: image, backbone, params, timer, cache)
     check_image_size(image.shape, backbone.patch_size, stem or "image")
     with timer("keys"):
         resized = resize_image(image, params.resolution)
         features = extract_features(backbone, resized, params.precision)
     return segment_features(features, params, (int(image.shape[0]), int(image.shape[1])),
                             stem, timer, backbone, resized)
-
-
-def segment_features(features: PatchFeatures, params: Params, shape: tuple[int, int],
-                     stem: str = "", timer: Timer | None = None,
-                     backbone: AnyBackbone | None = None,
-                     resized: torch.Tensor | None = None) -> ImageResult:
-    """Stages 2-5 from one image's patch features (reused across settings by benchmarks).
-
-    Parameters
-    ----------
-    features : PatchFeatures
-    params : Params
-    shape : (H, W) of the original image
-    backbone, resized : only needed for the ``crop-cls`` embedding (the resized
-        ``(3, T, T)`` image the features came from).
-    """
-    timer = timer or Timer()
-    partition = partition_features(features, params, timer)
-    with timer("segments"):
-        segments = split_segments(partition, params.tau)
-    with timer("embeddings"):
-        embeddings = embed_segments(segments.valid, params, backbone, lambda: features,
-                                    lambda: resized)
-    return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
-                       embeddings=embeddings)
-
-
-def partition_features(features: PatchFeatures, params: Params, timer: Timer) -> np.ndarray:
-    """Stages 2-3: the affinity graph and its Louvain partition, ``(g, g) int32``."""
-    with timer("graph"):
-        adj = adjacency(features, params.affinity, params.self_loops, params.knn)
-    with timer("partition"):
-        return louvain(adj, params.seed, params.partition).reshape(features.grid, features.grid)
-
-
-def embed_segments(grid: np.ndarray, params: Params, backbone: AnyBackbone | None,
-                   features: Callable[[], PatchFeatures],
-                   resized: Callable[[], torch.Tensor | None]) -> np.ndarray:
-    """Stage 5 for the segments of ``grid``.
-
-    Parameters
-    ----------
-    grid : (g, g) int, 0 = not embedded, 1..n = segments
-    features, resized : called only if the embedding needs them (the patch features, or
-        the resized ``(3, T, T)`` image they came from).
-
-    Returns
-    -------
-    (n, D) float32, L2-normalised
-    """
-    if params.embedding == "crop-cls":
-        image = resized()
-        if backbone is None or image is None:
-            raise DatusError("the crop-cls embedding needs the backbone and resized image")
-        return crop_cls_embeddings(backbone, image, grid, params.batch_size, params.precision)
-    return pooled_token_embeddings(features().tokens, grid)
-
-
-class _CachedInputs:
-    """One source's cache keys, decoded image, resized image and features, each made at
-    most once and only when a stage missing from the cache needs it."""
-
-    def __init__(self, stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
-                 params: Params, timer: Timer, cache: FeatureCache) -> None:
-        self.stem, self.load, self.backbone = stem, load, backbone
-        self.params, self.timer, self.cache = params, timer, cache
-
-    @cached_property
-    def keys(self) -> StageKeys:
-        with self.timer("cache"):
-            # A file is known by its bytes, so a full cache hit never decodes the image.
-            content = (file_key(self.load.path) if isinstance(self.load, ImageFile)
-                       else image_key(self.image))
-            return stage_keys(content, self.backbone, self.params)
-
-    @property
-    def grid(self) -> int:
-        """Side of the patch grid the resized image makes."""
-        return self.params.resolution // self.backbone.patch_size
-
-    @cached_property
-    def image(self) -> np.ndarray:
-        with self.timer("read"):
-            image = self.load()
-        check_image_size(image.shape, self.backbone.patch_size, self.stem or "image")
-        return image
-
-    @cached_property
-    def resized(self) -> torch.Tensor:
-        with self.timer("keys"):
-            return resize_image(self.image, self.params.resolution)
-
-    @cached_property
-    def features(self) -> PatchFeatures:
-        with self.timer("cache"):
-            features = self.cache.features(self.keys.features, grid=self.grid,
-                                           dim=self.backbone.embed_dim)
-        if features is None:
-            with self.timer("keys"):
-                features = extract_features(self.backbone, self.resized,
-                                            self.params.precision)
-            with self.timer("cache"):
-                self.cache.put_features(self.keys.features, features)
-        return features
-
-
-def _segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
-                    params: Params, timer: Timer, cache: FeatureCache) -> ImageResult:
-    """Stages 1-5 for one source, running only the stages the cache misses.
-
-    A stored partition skips the ViT, graph and Louvain (and, for an :class:`ImageFile`,
-    the decoding); its stored components are split for this tau and only components never
-    embedded before are embedded.
-    """
-    inputs = _CachedInputs(stem, load, backbone, params, timer, cache)
-    with timer("cache"):
-        stored = cache.partition(inputs.keys.partition, grid=inputs.grid)
-    if stored is None:
-        partition = partition_features(inputs.features, params, timer)
-        shape = (int(inputs.image.shape[0]), int(inputs.image.shape[1]))
-        with timer("segments"):
-            components = connected_components(partition)
-        with timer("cache"):
-            cache.put_partition(inputs.keys.partition, partition, shape, components)
-    else:
-        partition, shape, components = stored
-    with timer("segments"):
-        segments = split_components(components, params.tau)
-    with timer("embeddings"):
-        embeddings = _cached_embeddings(inputs, segments)
-    return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
-                       embeddings=embeddings)
-
-
-def _cached_embeddings(inputs: _CachedInputs, segments: Segments) -> np.ndarray:
-    """``(n, D)`` embeddings of the valid segments, embedding only components not stored."""
-    # Valid segment j is one connected component; the component ids do not depend on tau.
-    ids = np.zeros(segments.n_valid + 1, dtype=np.int32)
-    ids[segments.valid.ravel()] = segments.components.ravel()
-    ids = ids[1:]
-    with inputs.timer("cache"):
-        stored = inputs.cache.embeddings(inputs.keys.embeddings, dim=inputs.backbone.embed_dim)
-    todo = stored.missing(ids)
-    if todo.size:
-        lut = np.zeros(int(segments.components.max()) + 1, dtype=np.int32)
-        lut[todo] = np.arange(1, todo.size + 1)
-        stored.add(todo, embed_segments(lut[segments.components], inputs.params,
-                                        inputs.backbone, lambda: inputs.features,
-                                        lambda: inputs.resized))
-        with inputs.timer("cache"):
-            inputs.cache.put_embeddings(inputs.keys.embeddings, stored)
-    return stored.take(ids, inputs.backbone.embed_dim)
 
 
 ImageSource = tuple[str, Callable[[], np.ndarray]]
@@ -349,7 +130,7 @@ def segment_source(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackb
     """Stages 1-5 for one source ``(stem, load)``, through the cache when one is given."""
     timer = timer or Timer()
     if cache is not None and cache.enabled:
-        return _segment_cached(stem, load, backbone, params, timer, cache)
+        return segment_cached(stem, load, backbone, params, timer, cache)
     with timer("read"):
         image = load()
     return segment_image(image, backbone, params, stem, timer)
