@@ -135,6 +135,29 @@ def test_discarding_edits_and_cancelling(qtbot, viewer, sample, pipeline, monkey
 
 
 @pytest.mark.shared
+def test_the_export_button_saves_a_folder_run_in_a_worker(qtbot, viewer, pipeline, mixed_folder,
+                                                          tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    pipeline.folder_panel.folder.setText(str(mixed_folder))
+    run_and_wait(qtbot, pipeline)
+    stem = pipeline.folders.run.stem(0)
+    layer = viewer.layers[f"{stem} pseudo mask"]
+    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    painted = np.array(layer.data)
+    out = tmp_path / "export"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    button = pipeline.findChild(QPushButton, "export_button")
+    button.click()
+    assert not button.isEnabled()
+    qtbot.waitUntil(button.isEnabled, timeout=60_000)
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(run["images"]) == sorted(MIXED) and list(run["edits"]) == [stem]
+    saved = np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png")).astype(int)
+    np.testing.assert_array_equal(np.where(saved == 255, 0, saved + 1), painted)
+
+
+@pytest.mark.shared
 def test_a_folder_export_is_a_run_datus_denoise_accepts(qtbot, viewer, pipeline, mixed_folder,
                                                         tmp_path, capsys):
     from napari_datus.cli import main

@@ -251,6 +251,35 @@ def test_export_writes_the_cli_layout(qtbot, viewer, sample, pipeline, metrics, 
     assert json.loads((out / "run.json").read_text())["params"]["clusters"] == 3
 
 
+def test_the_export_button_writes_in_a_worker_what_was_on_screen(
+        qtbot, viewer, sample, pipeline, metrics, tmp_path, monkeypatch, notifications):
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    scored(qtbot, viewer, pipeline, metrics)
+    now = tmp_path / "now"
+    expected = sorted(p.relative_to(now) for p in pipeline.export(now))
+    later = tmp_path / "later"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(later))
+    button = pipeline.findChild(QPushButton, "export_button")
+    layer = viewer.layers["suim pseudo mask"]
+    before = np.array(layer.data)
+    button.click()
+    assert not button.isEnabled()  # the writing runs in a worker; napari stays usable
+    layer.data[...] = 1  # painting after the click: the export keeps what was on screen
+    qtbot.waitUntil(button.isEnabled, timeout=60_000)
+    assert not errors(notifications)
+    assert sorted(p.relative_to(later) for p in later.rglob("*")
+                  if p.is_file() and p.name != ".datus.lock") == expected
+    for i, stem in enumerate(run_of(layer).stack.stems):
+        for folder in ("pseudo_masks", "class_masks", "partitions"):
+            assert (later / folder / f"{stem}.png").read_bytes() == (
+                now / folder / f"{stem}.png").read_bytes()
+        np.testing.assert_array_equal(np.asarray(Image.open(later / "pseudo_masks" /
+                                                            f"{stem}.png")) + 1,
+                                      np.where(before[i] == 0, 256, before[i]).astype(int))
+    layer.data = before
+
+
 def test_an_export_is_a_run_folder_datus_denoise_accepts(qtbot, viewer, sample, pipeline,
                                                         tmp_path, capsys):
     from napari_datus.cli import main

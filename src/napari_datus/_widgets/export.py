@@ -10,8 +10,11 @@ Metrics are computed again from the masks as exported.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -25,6 +28,7 @@ from napari_datus._widgets.model import (
     compute_metrics,
     stack_rgb,
 )
+from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
 from napari_datus.core.metrics import evaluate
 from napari_datus.evaluation import Scorer
@@ -61,41 +65,56 @@ def export_run(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Pa
     -------
     The files written.
     """
+    return export_job(viewer, runs, out, index, classes)()
+
+
+def export_job(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Path,
+               index: bool = True, classes: bool = True) -> Callable[[], list[Path]]:
+    """:func:`export_run` in two halves: what it reads from the viewer is read here (on the
+    main thread, copied, so painting may go on), and the returned call writes (on any
+    thread) and returns the files written."""
     runs = runs if isinstance(runs, list) else [runs]
     if not (index or classes):
         raise DatusError("choose index PNG and/or class masks to export")
-    layers = [_stack_layers(viewer, run) for run in runs]
+    layers = [{k: v.copy() for k, v in _stack_layers(viewer, run).items()} for run in runs]
     edited = [[to_file_labels(labels) if run.position(i) is not None else None
                for i, labels in enumerate(stack["pseudo mask"])]
               for run, stack in zip(runs, layers)]
+    edits = {run.stack.stems[i]: {"pixels": edit.pixels}
+             for run in runs for i, edit in layer_edits(viewer, run).items()}
+    class_map = copy.deepcopy(runs[0].class_map)
+    return partial(_write_export, runs, layers, edited, edits, class_map, out, index, classes)
+
+
+def _write_export(runs: list[WidgetRun], layers: list[dict[str, np.ndarray]],
+                  edited: list[list[np.ndarray | None]], edits: dict[str, dict],
+                  class_map: ClassMap, out: Path, index: bool, classes: bool) -> list[Path]:
+    """The writing half of :func:`export_job` (no Qt, no viewer)."""
     metrics, names = export_metrics(runs, edited)
-    first = runs[0]
     check_writable(out)
     with run_folder(out) as run_id:
-        written, inputs, edits = [], {}, {}
+        written, inputs = [], {}
         for run, stack, masks in zip(runs, layers, edited):
             written += _write_masks(out, run, stack, index)
             for i, stem in enumerate(run.stack.stems):
                 if masks[i] is None:
                     continue
                 if classes:
-                    written += write_class_masks(out, stem, masks[i], first.class_map)
+                    written += write_class_masks(out, stem, masks[i], class_map)
                 # The images go with the masks, so `datus denoise` can train on an export.
                 path = write_colour_mask(out / EXPORTED_IMAGES_DIR / f"{stem}.png",
                                          stack_rgb(run.stack, i))
                 inputs[stem] = {"image": str(path.resolve()), "gt": None}
                 written.append(path)
-            edits.update({run.stack.stems[i]: {"pixels": edit.pixels}
-                          for i, edit in layer_edits(viewer, run).items()})
         if classes:
-            written.append(first.class_map.save(out))
+            written.append(class_map.save(out))
         if metrics:
             written.append(write_json(out / "metrics.json", {
                 "run_id": run_id, "classes": names, "images": _evaluated(runs), **metrics}))
             written.append(write_json_atomic(out / "metrics.csv", metrics_csv(metrics, names)))
         # Last: run.json marks the folder as a complete run.
         written.append(write_json(out / "run.json", {
-            "run_id": run_id, **_run_json(runs, names if metrics else None),
+            "run_id": run_id, **_run_json(runs, class_map, names if metrics else None),
             "inputs": inputs, "edits": edits}))
     return written
 
@@ -186,7 +205,7 @@ def _evaluated(runs: list[WidgetRun]) -> list[str]:
             if run.position(i) is not None]
 
 
-def _run_json(runs: list[WidgetRun], classes: list[str] | None) -> dict:
+def _run_json(runs: list[WidgetRun], class_map: ClassMap, classes: list[str] | None) -> dict:
     """Provenance in run.json's shape (params, versions, timings, segments, images, skipped)."""
     first = runs[0]
     every = DatasetResult([r for run in runs for r in run.result.results],
@@ -204,6 +223,6 @@ def _run_json(runs: list[WidgetRun], classes: list[str] | None) -> dict:
         "skipped": [vars(s) for run in runs for s in run.result.skipped],
         "gt": ({"format": first.gt_format, "ignore": None, "classes": classes, "dir": None}
                if classes else None),
-        "class_map": first.class_map.to_json(),
+        "class_map": class_map.to_json(),
         "grid": {"patch_size": first.patch_size, "input_size": first.input_size},
     }

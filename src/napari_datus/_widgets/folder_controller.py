@@ -3,7 +3,9 @@ image at a time, stepping, keeping and saving the user's edits."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -107,11 +109,16 @@ class FolderController:
     def save(self, out: Path, class_masks: bool = False) -> Path:
         """Save the whole folder run, with every edit and the class map, in the ``datus
         run`` layout (with the annotations in class ids and colours on request)."""
+        return self.save_job(out, class_masks)()
+
+    def save_job(self, out: Path, class_masks: bool = False) -> Callable[[], Path]:
+        """:meth:`save` in two halves: the edits and the class map are taken here (on the
+        main thread), and the returned call writes them (on any thread)."""
         self.keep_edits()
         folder_run = self.run
-        return save_run(out, folder_run.result, folder_run.files, folder_run.weights,
-                        folder_run.edited_masks(), folder_run.class_map, class_masks,
-                        folder_run.grid)
+        return partial(save_run, out, folder_run.result, folder_run.files, folder_run.weights,
+                       folder_run.edited_masks(), copy.deepcopy(folder_run.class_map),
+                       class_masks, folder_run.grid)
 
     def _show(self, index: int, shown: str | None) -> None:
         folder_run = self.run
