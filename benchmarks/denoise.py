@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from napari_datus.core.denoise import DenoiseConfig, TrainProgress
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.denoise_run import iter_denoise_run
 from napari_datus.pipeline import drive
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_datus.core.denoise import DenoiseConfig, TrainProgress
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.denoise_run import denoise_run

@@ -198,7 +198,7 @@ def denoise_command(args: argparse.Namespace) -> None:
 
 def _show_denoise_progress(bar: tqdm, event) -> None:
     """Training: step bar with epoch and loss; prediction: image count."""
-    from napari_datus.core.denoise import TrainProgress
+    from napari_datus.core.denoise_config import TrainProgress
 
     if isinstance(event, TrainProgress):
         bar.total = event.epochs * event.steps

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_datus.core.denoise import Pair, TrainProgress
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise import Pair
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import GroundTruthFormat, Scorer

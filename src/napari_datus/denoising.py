@@ -17,13 +17,12 @@ import numpy as np
 
 from napari_datus.core.denoise import (
     Pair,
-    TrainProgress,
     combine,
     predict,
     select_training_pairs,
     train_denoiser,
 )
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.pipeline import Progress
 
 

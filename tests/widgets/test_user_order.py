@@ -31,5 +31,6 @@ def test_plugin_opens_and_runs_after_the_canvas_exists():
               f"stderr (tail):\n{proc.stderr[-2000:]}")
     assert proc.returncode == 0, report
     assert "gl llvm loaded" in proc.stdout, report
+    assert "torch after dock: False" in proc.stdout, report  # the dock opens without torch
     layers = proc.stdout.split("layers: ")[1].splitlines()[0].split(", ")
     assert {"sample pseudo mask", "sample segments", "sample partitions"} <= set(layers), report

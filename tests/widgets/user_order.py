@@ -1,7 +1,8 @@
 """A user's session in a fresh process: napari's canvas first, then the DatUS dock, then Run.
 
 Run by ``test_user_order.py`` as a script (``python user_order.py IMAGE``). Prints the
-result layers and whether an LLVM-carrying GL driver was loaded before the torch stack;
+result layers, whether an LLVM-carrying GL driver was loaded before the torch stack and
+whether opening the dock imported torch;
 exits 0 when the run added its layers, 1 when it failed, and dies with SIGSEGV if the
 torch stack crashes against the GL driver.
 """
@@ -23,6 +24,8 @@ def main(image_path: str) -> int:
     QApplication.processEvents()
     print(f"gl llvm loaded: {llvm_loaded()}", flush=True)
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS pipeline")
+    # Opening the dock should not cost torch's import (seconds); the first Run pays it.
+    print(f"torch after dock: {'torch' in sys.modules}", flush=True)
     viewer.add_image(read_image(image_path), name="sample", rgb=True)
     widget.clusters.setValue(3)
     widget.run()

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Callable, Generator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
@@ -18,14 +19,16 @@ from napari_datus._widgets.folder_run import Edit, FolderRun
 from napari_datus._widgets.layers import show_folder_image
 from napari_datus._widgets.model import WidgetRun
 from napari_datus.cache import FeatureCache, file_sources
-from napari_datus.core.backbone import Backbone
 from napari_datus.io.dataset import list_images
 from napari_datus.io.masks import to_file_labels
 from napari_datus.params import Params
 from napari_datus.pipeline import Progress, run
 from napari_datus.saved_run import save_edits, save_run
 
-BackboneLoader = Callable[[Params, int], Generator[Progress, None, Backbone]]
+if TYPE_CHECKING:
+    from napari_datus.core.backbone import Backbone
+
+BackboneLoader = Callable[[Params, int], Generator[Progress, None, "Backbone"]]
 
 
 class FolderController:

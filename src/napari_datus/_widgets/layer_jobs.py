@@ -5,6 +5,7 @@ and each layer's result layers beside it at its own size."""
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import napari
 from napari.layers import Image
@@ -20,14 +21,15 @@ from napari_datus._widgets.model import (
     layer_arrays,
 )
 from napari_datus.cache import FeatureCache
-from napari_datus.core.backbone import Backbone
-from napari_datus.core.denoise import TrainProgress
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.params import Params
 from napari_datus.pipeline import DatasetResult, Progress, array_sources, run
 
-BackboneLoader = Callable[[Params, int], Generator[Progress, None, Backbone]]
+if TYPE_CHECKING:
+    from napari_datus.core.backbone import Backbone
+
+BackboneLoader = Callable[[Params, int], Generator[Progress, None, "Backbone"]]
 
 
 def work_layer(name: str, stack: ImageStack, params: Params, config: DenoiseConfig | None,

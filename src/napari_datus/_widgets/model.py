@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_datus.class_map import ClassMap
-from napari_datus.core.denoise import TrainProgress
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.embeddings import masked_crops
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import resize_image
 from napari_datus.core.metrics import evaluate
 from napari_datus.core.pseudolabel import upsample_nearest
-from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import VOID, GroundTruthFormat, Scorer
 from napari_datus.io.images import to_rgb_uint8
 from napari_datus.io.masks import to_layer_labels
@@ -201,6 +199,9 @@ def denoise(run: WidgetRun, config: DenoiseConfig,
 
     def keep(stem: str, mask: np.ndarray) -> None:
         masks[index_of[stem]] = mask
+
+    # Imported here: it imports torch and torchvision, seconds the dock should not wait for.
+    from napari_datus.denoising import denoise_pairs
 
     yield from denoise_pairs(pairs, run.n_clusters, config, keep)
     return masks

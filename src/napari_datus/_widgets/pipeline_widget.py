@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 from napari.layers import Image, Layer
@@ -54,12 +55,13 @@ from napari_datus._widgets.model import WidgetRun
 from napari_datus._widgets.qt import LayerCombo, scrolled_layout
 from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
-from napari_datus.core.backbone import Backbone, load_backbone
-from napari_datus.core.denoise import TrainProgress
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.outputs import check_writable, saved_edit_pixels
 from napari_datus.pipeline import Params, Progress
+
+if TYPE_CHECKING:
+    from napari_datus.core.backbone import Backbone
 
 BackboneKey = tuple[str, str | None, str]
 Event = Progress | TrainProgress
@@ -78,7 +80,7 @@ class PipelineWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         # Tests swap in a tiny random ViT here; it is called as factory(model, weights, device).
-        self._backbone_factory: Callable[[str, str | None, str], Backbone] = load_backbone
+        self._backbone_factory: Callable[[str, str | None, str], Backbone] = _load_backbone
         self._backbones: dict[BackboneKey, Backbone] = {}
         # Features, partitions and embeddings on disk: a re-run with another K or tau skips
         # the ViT and Louvain ($DATUS_CACHE_DIR; disabled by itself if not writable).
@@ -385,3 +387,11 @@ class PipelineWidget(QWidget):
 
     def _open_metrics(self) -> None:
         self.viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
+
+
+def _load_backbone(model: str, weights: str | None, device: str) -> Backbone:
+    """:func:`~napari_datus.core.backbone.load_backbone`, imported on the first run: torch
+    and timm take seconds to import, which opening the dock should not cost."""
+    from napari_datus.core.backbone import load_backbone
+
+    return load_backbone(model, weights, device)

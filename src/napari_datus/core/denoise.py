@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from napari_datus.core.backbone import resolve_device
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.core.triton_guard import guard_triton
@@ -65,24 +64,6 @@ def combine(initial: np.ndarray, predicted: np.ndarray, output: str = "fill") ->
     if output == "predict":
         return predicted
     return np.where(initial == UNLABELLED, predicted, initial).astype(np.uint8)
-
-
-@dataclass
-class TrainProgress:
-    """One training step: ``epoch``/``epochs``, ``step``/``steps``, the epoch's mean loss so
-    far and the seconds since the epoch began."""
-
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float
-    seconds: float
-
-    @property
-    def message(self) -> str:
-        return (f"denoise epoch {self.epoch}/{self.epochs} step {self.step}/{self.steps}"
-                f" loss {self.loss:.4f}")
 
 
 def build_model(num_classes: int, config: DenoiseConfig) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Settings of stage 7, the de-noising (no torch here, so the command line reads them fast)."""
+"""Settings of stage 7, the de-noising, and its training progress events (no torch here, so
+the command line and the napari widgets read them without importing it)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,21 @@ class DenoiseConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TrainProgress:
+    """One training step: ``epoch``/``epochs``, ``step``/``steps``, the epoch's mean loss so
+    far and the seconds since the epoch began."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    seconds: float
+
+    @property
+    def message(self) -> str:
+        return (f"denoise epoch {self.epoch}/{self.epochs} step {self.step}/{self.steps}"
+                f" loss {self.loss:.4f}")
