@@ -28,6 +28,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import cluster_segments
@@ -60,8 +61,12 @@ def overclusterings(embeddings: np.ndarray, overcluster: int, seed: int = 0, n_i
     centres = min(overcluster, embeddings.shape[0], 254)
     seeds = restart_seeds(seed, restarts)
     # The runs are independent and seeded, and much of scikit-learn's k-means runs without
-    # the GIL: on 2 cores two threads take 0.6x the time (826 segments), same labels.
-    with ThreadPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
+    # the GIL: on 2 cores two threads take 0.4-0.6x the time (826 segments), same labels.
+    # BLAS stays at one thread for the whole pool: scikit-learn limits it inside each fit and
+    # restores it after, which with fits in parallel would give OpenBLAS its full thread
+    # count inside another fit's OpenMP loop (OpenBLAS then warns that it may hang).
+    with threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
         runs = pool.map(lambda s: cluster_segments(embeddings, centres, s, n_init, weights),
                         seeds)
         return np.stack(list(runs))
