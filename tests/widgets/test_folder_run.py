@@ -36,6 +36,20 @@ def other_label(label: int) -> int:
     return 1 if label != 1 else 2
 
 
+def run_and_paint(qtbot, viewer, pipeline, folder: Path, out: Path | None = None):
+    """Run ``folder`` (saving in ``out`` if given), then paint the first image's top-left
+    10x10 patch with another cluster; returns its stem, its pseudo-mask layer and the label."""
+    pipeline.folder_panel.folder.setText(str(folder))
+    if out is not None:
+        pipeline.folder_panel.out.setText(str(out))
+    run_and_wait(qtbot, pipeline)
+    first = pipeline.folders.run.stem(0)
+    layer = viewer.layers[f"{first} pseudo mask"]
+    label = other_label(layer.data[0, 0])
+    layer.data[:10, :10] = label
+    return first, layer, label
+
+
 def sizes(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.stem: Image.open(p).size[::-1] for p in folder.iterdir()}
 
@@ -86,13 +100,7 @@ def test_a_mixed_size_folder_is_one_dataset_saved_and_reopened(
 def test_folder_edits_survive_stepping_and_are_saved(qtbot, viewer, pipeline, mixed_folder,
                                                       tmp_path):
     out = tmp_path / "run"
-    pipeline.folder_panel.folder.setText(str(mixed_folder))
-    pipeline.folder_panel.out.setText(str(out))
-    run_and_wait(qtbot, pipeline)
-    first = pipeline.folders.run.stem(0)
-    layer = viewer.layers[f"{first} pseudo mask"]
-    label = other_label(layer.data[0, 0])
-    layer.data[:10, :10] = label
+    first, _layer, label = run_and_paint(qtbot, viewer, pipeline, mixed_folder, out)
     pipeline.folder_panel.next.click()
     pipeline.folder_panel.previous.click()
     assert (viewer.layers[f"{first} pseudo mask"].data[:10, :10] == label).all()
@@ -139,11 +147,7 @@ def test_the_export_button_saves_a_folder_run_in_a_worker(qtbot, viewer, pipelin
                                                           tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog, QPushButton
 
-    pipeline.folder_panel.folder.setText(str(mixed_folder))
-    run_and_wait(qtbot, pipeline)
-    stem = pipeline.folders.run.stem(0)
-    layer = viewer.layers[f"{stem} pseudo mask"]
-    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    stem, layer, _label = run_and_paint(qtbot, viewer, pipeline, mixed_folder)
     painted = np.array(layer.data)
     out = tmp_path / "export"
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
@@ -162,10 +166,7 @@ def test_a_folder_export_is_a_run_datus_denoise_accepts(qtbot, viewer, pipeline,
                                                         tmp_path, capsys):
     from napari_datus.cli import main
 
-    pipeline.folder_panel.folder.setText(str(mixed_folder))
-    run_and_wait(qtbot, pipeline)
-    layer = viewer.layers[f"{pipeline.folders.run.stem(0)} pseudo mask"]
-    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    run_and_paint(qtbot, viewer, pipeline, mixed_folder)
     out = tmp_path / "export"
     assert pipeline.export(out)
     run = json.loads((out / "run.json").read_text())
@@ -201,12 +202,7 @@ def test_an_empty_folder_is_one_clear_error(qtbot, viewer, pipeline, tmp_path, n
 def test_a_saved_run_with_edits_is_never_replaced_without_asking(qtbot, viewer, pipeline,
                                                                  mixed_folder, tmp_path):
     out = tmp_path / "run"
-    pipeline.folder_panel.folder.setText(str(mixed_folder))
-    pipeline.folder_panel.out.setText(str(out))
-    run_and_wait(qtbot, pipeline)
-    first = pipeline.folders.run.stem(0)
-    layer = viewer.layers[f"{first} pseudo mask"]
-    layer.data[:10, :10] = other_label(layer.data[0, 0])
+    first, _layer, _label = run_and_paint(qtbot, viewer, pipeline, mixed_folder, out)
     pipeline.folder_panel.next.click()  # the edit is saved in out
     saved = (out / "pseudo_masks" / f"{first}.png").read_bytes()
     pipeline.folders.run = None  # as in a new napari session, pointed at the same out
