@@ -16,7 +16,7 @@ import tifffile
 
 from napari_datus.core.errors import DatusError
 from napari_datus.io.atomic import atomic_path
-from napari_datus.io.masks import to_file_labels, write_index_mask
+from napari_datus.io.masks import CLUSTER_PALETTE, to_file_labels, write_index_mask
 
 MAX_ID = int(np.iinfo(np.uint32).max)
 # Metadata keys of DatUS result layers: a run in the widgets, a run folder in the reader.
@@ -48,10 +48,12 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     if not target.parent.is_dir():
         raise DatusError(f"cannot write {target.name}: folder {target.parent} does not exist")
     ids = _as_ids(np.asarray(data), target.name)
-    if is_cluster_layer(attributes):
-        ids = to_file_convention(ids, target.name)
+    cluster = is_cluster_layer(attributes)
+    if cluster:
+        ids = to_file_labels(ids, target.name)
     if target.suffix.lower() == ".png":
-        return [str(_write_png(target, ids))]
+        # A cluster mask is written as Export writes it: a palette PNG of the cluster ids.
+        return [str(_write_png(target, ids, CLUSTER_PALETTE if cluster else None))]
     return [str(_write_tiff(target, ids))]
 
 
@@ -60,15 +62,6 @@ def is_cluster_layer(attributes: dict) -> bool:
     metadata = attributes.get("metadata") or {}
     return (any(key in metadata for key in RUN_KEYS)
             and str(attributes.get("name", "")).endswith(CLUSTER_SUFFIXES))
-
-
-def to_file_convention(labels: np.ndarray, name: str) -> np.ndarray:
-    """Layer labels ``c + 1`` (0 unlabelled) to file ids ``c`` (255 unlabelled), uint8,
-    refusing labels a cluster mask cannot hold."""
-    if labels.max(initial=0) > 255:
-        raise DatusError(f"{name}: label {int(labels.max())} is not a DatUS cluster (at most"
-                         " 254 clusters)")
-    return to_file_labels(labels)
 
 
 def _as_ids(labels: np.ndarray, name: str) -> np.ndarray:
@@ -100,7 +93,7 @@ def _as_ids(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.min_scalar_type(int(top)))
 
 
-def _write_png(path: Path, ids: np.ndarray) -> Path:
+def _write_png(path: Path, ids: np.ndarray, palette: np.ndarray | None = None) -> Path:
     if ids.ndim != 2:
         raise DatusError(f"{path.name}: PNG holds one 2D mask but the layer has shape"
                          f" {ids.shape}; save stacks as .tif")
@@ -109,7 +102,7 @@ def _write_png(path: Path, ids: np.ndarray) -> Path:
     if top > MAX_PNG_ID:
         raise DatusError(f"{path.name}: label {top} is above {MAX_PNG_ID}, the largest id"
                          " a PNG holds (16-bit); save as .tif instead")
-    return write_index_mask(path, ids)
+    return write_index_mask(path, ids, palette)
 
 
 def _write_tiff(path: Path, ids: np.ndarray) -> Path:

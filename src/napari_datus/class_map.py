@@ -20,13 +20,10 @@ import numpy as np
 
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
-from napari_datus.io.atomic import atomic_path
+from napari_datus.io.masks import TAB10, write_json_atomic
 
 CLASS_MAP_FILE = "classes.json"
 FORMAT_VERSION = 1
-# Colours of new classes: matplotlib's tab10, as 8-bit RGB (no matplotlib import needed).
-TAB10 = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-         (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 RGB = tuple[int, int, int]
 UNASSIGNED = "unassigned"
@@ -230,10 +227,8 @@ class ClassMap:
 
     def save(self, folder: Path) -> Path:
         """Write ``classes.json`` into a run folder (atomically)."""
-        path = Path(folder) / CLASS_MAP_FILE
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
+        return write_json_atomic(Path(folder) / CLASS_MAP_FILE,
+                                 json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> ClassMap | None:

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_datus.cache import FeatureCache, digest
-from napari_datus.core.grouping import RESTARTS, overcluster_merge, overclusterings
+from napari_datus.core.grouping import (
+    RESTARTS,
+    overcluster_merge,
+    overclusterings,
+    overclusters,
+)
 from napari_datus.core.pseudolabel import cluster_segments
 from napari_datus.core.whitening import normalise_embeddings
 from napari_datus.params import Params
@@ -42,9 +47,8 @@ def cluster(results: list[ImageResult], params: Params,
     """
     stacked, weights = stacked_embeddings(results, params)
     if params.grouping == "merge":
-        fine = None
-        if params.overcluster > params.clusters and stacked.shape[0] > params.clusters:
-            fine = cached_overclusterings(stacked, weights, params, cache)
+        fine = (cached_overclusterings(stacked, weights, params, cache)
+                if overclusters(params.clusters, params.overcluster, stacked.shape[0]) else None)
         labels = overcluster_merge(stacked, params.clusters, params.overcluster, params.seed,
                                    params.n_init, weights, fine=fine)
     else:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from napari_datus.cache import FeatureCache, file_sources
-from napari_datus.core.denoise_config import DenoiseConfig
+from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.distributed import dask_client, segment_images
@@ -198,8 +198,6 @@ def denoise_command(args: argparse.Namespace) -> None:
 
 def _show_denoise_progress(bar: tqdm, event) -> None:
     """Training: step bar with epoch and loss; prediction: image count."""
-    from napari_datus.core.denoise_config import TrainProgress
-
     if isinstance(event, TrainProgress):
         bar.total = event.epochs * event.steps
         bar.n = (event.epoch - 1) * event.steps + event.step
@@ -214,7 +212,7 @@ def _show_denoise_progress(bar: tqdm, event) -> None:
 def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
                  gt: GroundTruthFormat, args: argparse.Namespace, timer: Timer,
                  skipped: list[Skipped], run_id: str,
-                 image_files: dict[str, Path] | None = None) -> dict | None:
+                 image_files: dict[str, Path]) -> dict | None:
     """Write pseudo masks, score them against the ground truth, write metrics.json.
 
     ``image_files`` (stem -> image) feed ``--refine``, which needs each original image.
@@ -223,7 +221,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
     for r, c in tqdm(list(zip(results, clusters)), desc="pseudo masks", unit="img",
                      file=sys.stderr):
         image = None
-        if args.refine != "none" and image_files is not None:
+        if args.refine != "none":
             with timer("read"):
                 image = read_image(image_files[r.stem])
         mask = pseudo_mask(r, c, args.fill_noise, args.refine, image)

@@ -54,7 +54,7 @@ RUN_LAYOUT = ("run.json", "metrics.json", PARTITIONS_DIR, SEGMENTS_DIR, PSEUDO_D
               f".{DENOISED_DIR}.old", EXPORTED_IMAGES_DIR, "metrics.csv", CLASS_MASKS_DIR,
               CLASS_COLOUR_DIR, "classes.json")
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
-                      "networkx", "python-louvain", "igraph")
+                      "scikit-learn", "networkx", "python-louvain", "igraph")
 
 
 def check_writable(out: Path) -> None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from napari_datus.cache import FeatureCache
 from napari_datus.cached_stages import segment_cached
 from napari_datus.clustering import cluster
+from napari_datus.core.blas import one_blas_thread
 from napari_datus.core.errors import DatusError
 from napari_datus.core.features import (
     check_resolution,
@@ -32,7 +31,6 @@ from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.core.pseudolabel import (
     fill_unlabelled,
     paint_grid,
-    upsample_nearest,
 )
 from napari_datus.core.refine import refine_mask
 from napari_datus.params import Params, check_graph_memory
@@ -177,22 +175,6 @@ def segment_dataset(
     return results, skipped
 
 
-def one_blas_thread():
-    """A context in which numpy's BLAS uses one thread.
-
-    The per-image stages multiply small matrices; a multi-threaded OpenBLAS pool then spins
-    after each call and takes the cores the next ViT forward runs on (measured on 2 cores:
-    0.13 s per forward instead of 0.07). Set per image, not around the loop, so that no
-    setting outlives a generator left suspended.
-    """
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
-@cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
 def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = False,
                 refine: str = "none", image: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 initial pseudo mask at the original image size, 255 = unlabelled.
@@ -204,8 +186,6 @@ def pseudo_mask(result: ImageResult, clusters: np.ndarray, fill_noise: bool = Fa
     grid = paint_grid(result.segments.valid, clusters)
     if fill_noise:
         grid = fill_unlabelled(grid)
-    if refine == "none":
-        return upsample_nearest(grid, result.shape)
     return refine_mask(grid, result.shape, refine, image)
 
 
@@ -224,8 +204,7 @@ def run(
     timer = Timer()
     if backbone is None:
         # Built on the first cache miss: a fully cached run never loads the model.
-        backbone = LazyBackbone(params.model, params.weights, params.device,
-                                facts=cache if cache is not None and cache.enabled else None)
+        backbone = LazyBackbone(params.model, params.weights, params.device, facts=cache)
     check_graph_memory(params, backbone.patch_size)
     results, skipped = yield from segment_dataset(sources, total, backbone, params, timer,
                                                   cache)

@@ -62,13 +62,13 @@ def test_overcluster_larger_than_the_segments_is_capped(rng):
 def test_merge_matches_scikit_learn_average_linkage(rng):
     from sklearn.cluster import AgglomerativeClustering
 
-    from napari_datus.core.grouping import _first_seen_order
+    from napari_datus.core.partition import relabel_by_appearance
 
     for k in (2, 3, 7, 19):
         centres = rng.normal(size=(20, 6))
         expected = AgglomerativeClustering(n_clusters=k, metric="cosine",
                                            linkage="average").fit(centres).labels_
-        np.testing.assert_array_equal(merge_centres(centres, k), _first_seen_order(expected))
+        np.testing.assert_array_equal(merge_centres(centres, k), relabel_by_appearance(expected))
 
 
 def test_adjusted_rand_index_matches_scikit_learn(rng):

@@ -76,8 +76,10 @@ def export_job(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Pa
     runs = runs if isinstance(runs, list) else [runs]
     if not (index or classes):
         raise DatusError("choose index PNG and/or class masks to export")
-    layers = [{k: v.copy() for k, v in _stack_layers(viewer, run).items()} for run in runs]
-    edited = [[to_file_labels(labels) if run.position(i) is not None else None
+    check_writable(out)
+    layers = [_stack_layers(viewer, run) for run in runs]
+    edited = [[None if run.position(i) is None
+               else to_file_labels(labels, run.layer_name("pseudo mask"))
                for i, labels in enumerate(stack["pseudo mask"])]
               for run, stack in zip(runs, layers)]
     edits = {run.stack.stems[i]: {"pixels": edit.pixels}
@@ -91,11 +93,11 @@ def _write_export(runs: list[WidgetRun], layers: list[dict[str, np.ndarray]],
                   class_map: ClassMap, out: Path, index: bool, classes: bool) -> list[Path]:
     """The writing half of :func:`export_job` (no Qt, no viewer)."""
     metrics, names = export_metrics(runs, edited)
-    check_writable(out)
     with run_folder(out) as run_id:
         written, inputs = [], {}
         for run, stack, masks in zip(runs, layers, edited):
-            written += _write_masks(out, run, stack, index)
+            if index:
+                written += _write_masks(out, run, stack, masks)
             for i, stem in enumerate(run.stack.stems):
                 if masks[i] is None:
                     continue
@@ -144,23 +146,22 @@ def export_metrics(runs: list[WidgetRun], edited: list[list[np.ndarray | None]],
 
 
 def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray],
-                 index: bool) -> list[Path]:
-    """Every image's stage masks in file conventions; returns the files written."""
+                 pseudo: list[np.ndarray | None]) -> list[Path]:
+    """Every image's stage index masks in file conventions (``pseudo``: the pseudo masks
+    already converted, None for images left out); returns the files written."""
     written: list[Path] = []
     for i, stem in enumerate(run.stack.stems):
-        if run.position(i) is None or not index:
+        if pseudo[i] is None:
             continue
-        pseudo = to_file_labels(layers["pseudo mask"][i])
-        if index:
-            partitions = np.maximum(layers["partitions"][i].astype(np.int32) - 1, 0)
-            segments = layers["segments"][i].astype(np.int32)
-            # Layers are already full size, so the writer's nearest upsampling is the identity.
-            write_grid_outputs(out, stem, partitions, segments, segments.shape)
-            written += [out / PARTITIONS_DIR / f"{stem}.png", out / SEGMENTS_DIR / f"{stem}.png"]
-            written.append(write_pseudo_mask(out, stem, pseudo))
-            if DENOISED in layers:
-                written.append(write_pseudo_mask(out, stem, to_file_labels(
-                    layers[DENOISED][i]), folder=DENOISED_DIR))
+        partitions = np.maximum(layers["partitions"][i].astype(np.int32) - 1, 0)
+        segments = layers["segments"][i].astype(np.int32)
+        # Layers are already full size, so the writer's nearest upsampling is the identity.
+        write_grid_outputs(out, stem, partitions, segments, segments.shape)
+        written += [out / PARTITIONS_DIR / f"{stem}.png", out / SEGMENTS_DIR / f"{stem}.png"]
+        written.append(write_pseudo_mask(out, stem, pseudo[i]))
+        if DENOISED in layers:
+            written.append(write_pseudo_mask(out, stem, to_file_labels(
+                layers[DENOISED][i], run.layer_name(DENOISED)), folder=DENOISED_DIR))
     return written
 
 
@@ -188,12 +189,14 @@ def metrics_csv(metrics: dict[str, dict], names: list[str]) -> str:
 
 
 def _stack_layers(viewer: napari.Viewer, run: WidgetRun) -> dict[str, np.ndarray]:
-    """Each result layer's data as (N, H, W); the four initial layers must be present."""
+    """A copy of each result layer's data as (N, H, W) (painting may go on while it is
+    written); the four initial layers must be present."""
     arrays = {}
     for suffix in ("partitions", "segments", "pseudo mask", DENOISED):
         name = run.layer_name(suffix)
         if name in viewer.layers and run_of(viewer.layers[name]) is run:
-            data = np.asarray(viewer.layers[name].data)
+            # np.array copies a numpy layer and computes a lazy one, once either way.
+            data = np.array(viewer.layers[name].data)
             arrays[suffix] = data if run.stack.is_stack else data[None]
         elif suffix != DENOISED:
             raise DatusError(f"layer {name!r} of this run is missing: run the pipeline again")

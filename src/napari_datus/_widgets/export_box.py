@@ -82,7 +82,6 @@ class ExportBox(QGroupBox):
         worker.returned.connect(partial(self._report, folder))
         worker.finished.connect(bar.close)
         worker.finished.connect(partial(self.button.setEnabled, True))
-        self._worker = worker
         worker.start()
         return worker
 

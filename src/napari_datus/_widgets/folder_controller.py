@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,17 +110,18 @@ class FolderController:
         return (folder_run is not None and run.image_name == folder_run.stem(folder_run.index)
                 and run.result.results[0] is folder_run.result.results[folder_run.index])
 
-    def save(self, out: Path, class_masks: bool = False) -> Path:
-        """Save the whole folder run, with every edit and the class map, in the ``datus
-        run`` layout (with the annotations in class ids and colours on request)."""
-        return self.save_job(out, class_masks)()
-
     def save_job(self, out: Path, class_masks: bool = False) -> Callable[[], Path]:
-        """:meth:`save` in two halves: the edits and the class map are taken here (on the
-        main thread), and the returned call writes them (on any thread)."""
+        """Saving the whole folder run, with every edit and the class map, in the ``datus
+        run`` layout (with the annotations in class ids and colours on request).
+
+        What is saved is taken here, on the main thread (a Reassign may change clusters
+        while the saving runs); the returned call writes it, on any thread, and returns the
+        run folder.
+        """
         self.keep_edits()
         folder_run = self.run
-        return partial(save_run, out, folder_run.result, folder_run.files, folder_run.weights,
+        result = replace(folder_run.result, clusters=[c.copy() for c in folder_run.result.clusters])
+        return partial(save_run, out, result, folder_run.files, folder_run.weights,
                        folder_run.edited_masks(), copy.deepcopy(folder_run.class_map),
                        class_masks, folder_run.grid)
 

@@ -359,13 +359,8 @@ def segment_pixels(run: WidgetRun, index: int, segment: int) -> np.ndarray:
     return upsample_nearest(r.segments.valid == segment, run.stack.shape[1:])
 
 
-def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarray:
-    """Move a valid segment to another cluster.
-
-    Returns
-    -------
-    The image's new pseudo mask in layer convention, (H, W) uint8
-    """
+def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> None:
+    """Move a valid segment to another cluster (the caller repaints the segment's pixels)."""
     k = run.n_clusters
     if segment < 1:
         raise DatusError("noise has no cluster: choose a valid segment")
@@ -373,4 +368,3 @@ def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarr
         raise DatusError(f"cluster {cluster} is outside 0..{k - 1}")
     position = run.position(index)
     run.result.clusters[position][segment - 1] = cluster
-    return to_layer_labels(run.pseudo_mask(index))

@@ -16,11 +16,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_datus.core.choices import REFINEMENTS, default_model, default_weights
+from napari_datus.core.choices import DEVICES, REFINEMENTS, default_model, default_weights
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.params import Params
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class SettingsForm(QFormLayout):

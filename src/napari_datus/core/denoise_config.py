@@ -16,8 +16,8 @@ BACKBONES = DENOISE_BACKBONES
 class DenoiseConfig:
     """Settings of the de-noising model and its training.
 
-    The defaults are a CPU budget: on the 109-image SUIM test set one epoch takes about
-    a minute on 2 busy cores (benchmarks/results/denoise.md).
+    The defaults are a CPU budget: on the 109-image SUIM test set one epoch took 19.6 s
+    on 2 cores (benchmarks/results/denoise.md).
 
     Attributes
     ----------

@@ -28,9 +28,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from napari_datus.core.blas import one_blas_thread
 from napari_datus.core.errors import DatusError
+from napari_datus.core.partition import relabel_by_appearance
 from napari_datus.core.pseudolabel import cluster_segments
 
 # Overcluster-and-merge runs per seed; the most typical is kept. Measured on suim_dev
@@ -42,6 +43,12 @@ RESTARTS = 5
 def restart_seeds(seed: int, restarts: int) -> list[int]:
     """The k-means seed of each overcluster-and-merge run: ``(1000 * seed + i) mod 2**32``."""
     return [(1000 * seed + i) % 2**32 for i in range(max(1, restarts))]
+
+
+def overclusters(k: int, overcluster: int, segments: int) -> bool:
+    """Whether ``merge`` overclusters at all: with ``overcluster <= k`` or no more segments
+    than ``k`` it is plain k-means with ``k`` centres."""
+    return overcluster > k and segments > k
 
 
 def overclusterings(embeddings: np.ndarray, overcluster: int, seed: int = 0, n_init: int = 10,
@@ -65,7 +72,7 @@ def overclusterings(embeddings: np.ndarray, overcluster: int, seed: int = 0, n_i
     # BLAS stays at one thread for the whole pool: scikit-learn limits it inside each fit and
     # restores it after, which with fits in parallel would give OpenBLAS its full thread
     # count inside another fit's OpenMP loop (OpenBLAS then warns that it may hang).
-    with threadpool_limits(1, user_api="blas"), \
+    with one_blas_thread(), \
             ThreadPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
         runs = pool.map(lambda s: cluster_segments(embeddings, centres, s, n_init, weights),
                         seeds)
@@ -92,7 +99,7 @@ def overcluster_merge(embeddings: np.ndarray, k: int, overcluster: int, seed: in
     -------
     (M,) uint8 cluster id per segment
     """
-    if overcluster <= k or embeddings.shape[0] <= k:
+    if not overclusters(k, overcluster, embeddings.shape[0]):
         return cluster_segments(embeddings, k, seed, n_init, weights)
     if fine is None:
         fine = overclusterings(embeddings, overcluster, seed, n_init, weights, restarts)
@@ -140,31 +147,22 @@ def merge_centres(centres: np.ndarray, k: int) -> np.ndarray:
 
     Returns
     -------
-    (J,) int64 group of each centre, groups numbered by their first centre (so the
+    (J,) int32 group of each centre, groups numbered by their first centre (so the
     numbering does not depend on the linkage library's order)
     """
     j = centres.shape[0]
     if not 1 <= k <= j:
         raise DatusError(f"cannot merge {j} clusters into {k}")
     if k == j:
-        return np.arange(j, dtype=np.int64)
+        return np.arange(j, dtype=np.int32)
     if k == 1:
-        return np.zeros(j, dtype=np.int64)
+        return np.zeros(j, dtype=np.int32)
     # SciPy's linkage is what scikit-learn's AgglomerativeClustering calls for this case;
     # called directly it spares a re-run with another K scikit-learn's import.
     from scipy.cluster.hierarchy import cut_tree, linkage
 
     tree = linkage(np.asarray(centres, dtype=np.float64), method="average", metric="cosine")
-    return _first_seen_order(cut_tree(tree, n_clusters=k).ravel())
-
-
-def _first_seen_order(labels: np.ndarray) -> np.ndarray:
-    """Relabel so ids appear in increasing order of first occurrence."""
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first)
-    lut = np.empty(order.size, dtype=np.int64)
-    lut[order] = np.arange(order.size)
-    return lut[np.searchsorted(np.unique(labels), labels)]
+    return relabel_by_appearance(cut_tree(tree, n_clusters=k).ravel())
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:

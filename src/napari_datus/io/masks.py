@@ -29,12 +29,12 @@ SUIM6_COLOURS = SUIM8_COLOURS[[1, 4, 6, 5, 3, 0]]
 # faster than the default and smaller too (measured on 640x480 masks of a 16x16 grid:
 # 2.2 against 3.6 ms and 1.5 against 1.7 KB, uint16). Pillow hands compress_type to zlib.
 PNG_OPTIONS = {"format": "PNG", "compress_type": zlib.Z_RLE}
+# matplotlib's tab10 as 8-bit RGB (no matplotlib import needed): cluster and class colours.
+TAB10 = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+         (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 # Palette of cluster masks (PASCAL VOC style: the file holds ids, viewers show colours):
-# matplotlib's tab10 cycled over the ids, unlabelled (255) black.
-_TAB10 = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-                   (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
-                   (188, 189, 34), (23, 190, 207)], dtype=np.uint8)
-CLUSTER_PALETTE = _TAB10[np.arange(256) % len(_TAB10)]
+# tab10 cycled over the ids, unlabelled (255) black.
+CLUSTER_PALETTE = np.array(TAB10, dtype=np.uint8)[np.arange(256) % len(TAB10)]
 CLUSTER_PALETTE[255] = 0
 # A channel between these values is neither "off" nor "on": not a SUIM colour.
 AMBIGUOUS_CHANNEL = (64, 191)
@@ -120,8 +120,12 @@ def to_layer_labels(mask: np.ndarray) -> np.ndarray:
     return np.where(mask == UNLABELLED, 0, mask.astype(np.uint16) + 1).astype(np.uint8)
 
 
-def to_file_labels(labels: np.ndarray) -> np.ndarray:
-    """Layer convention (0 unlabelled, ``c + 1``) back to file convention (255, ``c``)."""
+def to_file_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Layer convention (0 unlabelled, ``c + 1``) back to file convention (255, ``c``),
+    uint8, refusing labels a cluster mask cannot hold (``name`` says whose, in the error)."""
+    if labels.max(initial=0) > UNLABELLED:
+        raise DatusError(f"{name}: label {int(labels.max())} is not a DatUS cluster (at most"
+                         " 254 clusters)")
     return np.where(labels == 0, UNLABELLED, labels.astype(np.int64) - 1).astype(np.uint8)
 
 
