@@ -217,3 +217,25 @@ def test_a_saved_run_with_edits_is_never_replaced_without_asking(qtbot, viewer, 
     run_and_wait(qtbot, pipeline)
     assert pipeline.export(out) == [] and len(asked) == 2
     assert json.loads((out / "run.json").read_text())["edits"][first]["pixels"] == 100
+
+
+@pytest.mark.shared
+def test_a_reopened_run_exports_into_its_own_folder_without_asking(
+        qtbot, viewer, pipeline, mixed_folder, tmp_path, make_napari_viewer):
+    from napari_datus._widgets import PipelineWidget
+
+    out = tmp_path / "run"
+    first, layer, label = run_and_paint(qtbot, viewer, pipeline, mixed_folder, out)
+    pipeline.folder_panel.next.click()  # the edit is saved in out
+    reopened = make_napari_viewer()
+    reopened.open(str(out), plugin="napari-datus")
+    dock = PipelineWidget(reopened)
+    reopened.window.add_dock_widget(dock)
+    dock.image.setCurrentText(first)
+    asked = []
+    dock._ask_overwrite = lambda folder, pixels: asked.append(pixels) or False
+    # Its layers hold the saved edits, so writing them back replaces nothing unasked.
+    assert dock.export(out) and asked == []
+    saved = np.asarray(Image.open(out / "pseudo_masks" / f"{first}.png"))
+    assert (saved[:10, :10] == label - 1).all()
+    assert dock.export(tmp_path / "elsewhere") and asked == []  # no saved run there

@@ -31,7 +31,8 @@ class ExportBox(QGroupBox):
     """What to write (stage index masks, class annotations) and the Export button."""
 
     def __init__(self, viewer: napari.Viewer, current_run: Callable[[], WidgetRun | None],
-                 folders: FolderController, may_replace: Callable[[Path], bool]) -> None:
+                 folders: FolderController,
+                 may_replace: Callable[[Path, WidgetRun], bool]) -> None:
         super().__init__("Export (datus run layout)")
         self.viewer = viewer
         self.current_run = current_run
@@ -92,7 +93,7 @@ class ExportBox(QGroupBox):
         if widget_run is None:
             show_error("nothing to export: run the pipeline on the chosen image first")
             return None
-        if not self.may_replace(folder):
+        if not self.may_replace(folder, widget_run):
             show_info(f"nothing exported: {folder} keeps its saved run and edits")
             return None
         try:

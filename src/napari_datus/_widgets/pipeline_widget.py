@@ -139,7 +139,7 @@ class PipelineWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         self.exporter = ExportBox(self.viewer, self.current_run, self.folders,
-                                  lambda out: self._may_replace(out))
+                                  self._may_replace)
         self.export_index, self.export_classes = self.exporter.index, self.exporter.classes
         layout.addWidget(self.exporter)
         open_metrics = QPushButton("Metrics and segment QA…")
@@ -243,10 +243,16 @@ class PipelineWidget(QWidget):
             return False
         return self._ask_about_edits(pixels)
 
-    def _may_replace(self, out: Path) -> bool:
-        """False when ``out`` holds a saved run with edits this run does not carry and the
-        user chose not to overwrite them."""
-        own = self.folders.run is not None and self.folders.run.out == out
+    def _may_replace(self, out: Path, run: WidgetRun | FolderRun | None = None) -> bool:
+        """False when ``out`` holds a saved run with edits that the run written there does
+        not carry and the user chose not to overwrite them.
+
+        ``run`` is the run written (by default the folder run): one saved in or reopened
+        from ``out`` carries that folder's edits in its layers.
+        """
+        run = run if run is not None else self.folders.run
+        own = (run is not None and run.out is not None
+               and Path(run.out).resolve() == Path(out).resolve())
         pixels = saved_edit_pixels(out)
         return own or not pixels or self._ask_overwrite(out, pixels)
 
