@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from napari_datus._widgets.layers import run_of
-from tests.conftest import SUIM_IMAGES, require_shared
+from tests.conftest import SUIM_IMAGES
 
 from .conftest import errors, run_and_wait
 
@@ -23,7 +23,7 @@ MIXED = ["d_r_122_", "d_r_129_", "d_r_144_", "d_r_166_", "d_r_345_", "d_r_384_",
 
 @pytest.fixture
 def mixed_folder(tmp_path) -> Path:
-    require_shared(SUIM_IMAGES)
+    """Eight SUIM test images (tests.conftest checks they exist before any fixture)."""
     folder = tmp_path / "images"
     folder.mkdir()
     for stem in MIXED:
