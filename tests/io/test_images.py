@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageOps
 
 from napari_datus.core.errors import DatusError
 from napari_datus.io.images import (
     DEFAULT_MAX_PIXELS,
+    EXIF_ORIENTATION,
+    image_size,
     max_pixels,
     read_array,
     read_image,
@@ -164,3 +166,47 @@ def test_palette_indices_are_kept_on_request(tmp_path):
     np.testing.assert_array_equal(indices, [[0, 1, 2, 255]])
     assert read_array(tmp_path / "voc.png").shape == (1, 4, 4)  # RGBA by default
 
+
+
+def write_oriented(path: Path, stored: np.ndarray, orientation: int, **save) -> Path:
+    """Save ``stored`` (as the file's pixels) with an EXIF orientation tag."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), **save)
+    return path
+
+
+def test_a_jpeg_with_exif_orientation_6_is_read_as_displayed(tmp_path):
+    # A phone's portrait photo: stored 40 wide, 20 high, shown turned 90 degrees clockwise.
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:10, :10] = (255, 0, 0)  # red at the stored top-left
+    path = write_oriented(tmp_path / "portrait.jpg", stored, 6, quality=95)
+
+    image = read_image(path)
+    with Image.open(path) as img:
+        displayed = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    np.testing.assert_array_equal(image, displayed)
+    assert image.shape == (40, 20, 3) and image_size(path) == (40, 20)
+    assert image[2, 17, 0] > 200 and image[2, 2, 0] < 50  # the red corner is now top-right
+    # The pixel limit names the displayed size (width x height) before decoding.
+    with pytest.raises(DatusError, match="20x40 = 800 pixels, above the limit of 799"):
+        read_array(path, max_pixels=799)
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [
+    (1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (8, np.rot90),
+    (6, lambda a: np.rot90(a, -1)), (2, np.fliplr), (5, np.transpose)])
+def test_index_masks_keep_their_ids_when_oriented(tmp_path, orientation, upright):
+    ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    path = write_oriented(tmp_path / "mask.png", ids, orientation)
+    np.testing.assert_array_equal(read_array(path), upright(ids))
+    assert image_size(path) == upright(ids).shape
+
+
+def test_image_size_reads_the_header_only(tmp_path):
+    path = write_png_claiming(tmp_path / "big.png", 20000, 5000)
+    assert image_size(path) == (5000, 20000)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 5, 3), dtype=np.uint8))
+    assert image_size(tmp_path / "rgb.tif") == (4, 5)
+    with pytest.raises(DatusError, match="image file not found"):
+        image_size(tmp_path / "missing.png")

@@ -12,6 +12,10 @@ Conversion rule (:func:`to_rgb_uint8`):
 
 Every format has one pixel limit (:func:`max_pixels`), checked from the file header before
 any pixel is decoded, so a small file claiming a huge size cannot exhaust memory.
+
+Images are read the way they are displayed: an EXIF orientation (phones and many cameras
+store portrait JPEGs sideways with orientation 6) is applied when reading, and
+:func:`image_size` reports that displayed size from the header.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ STRETCH_PERCENTILES = (0.5, 99.5)
 MAX_PIXELS_ENV = "DATUS_MAX_PIXELS"
 # Pillow's DecompressionBombError threshold (2 * Image.MAX_IMAGE_PIXELS by default).
 DEFAULT_MAX_PIXELS = 178_956_970
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transposition that shows the image upright (as PIL.ImageOps.
+# exif_transpose does); 5 to 8 swap width and height.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+# Where Pillow's getexif() finds an orientation without decoding the pixels.
+_HEADER_METADATA = ("exif", "XML:com.adobe.xmp", "Raw profile type exif")
 
 
 def max_pixels() -> int:
@@ -90,18 +103,61 @@ def read_array(path: str | Path, *, max_pixels: int | None = None,
         raise DatusError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from exc
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of the 2D image :func:`read_array` returns, from the header only
+    (EXIF orientation applied; a TIFF's last two image axes).
+
+    Raises
+    ------
+    DatusError
+        If the file is missing or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatusError(f"image file not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                return tuple(_tiff_shape(path, tif)[-2:])
+        with _open_pillow(path) as img:
+            return _displayed_size(img)
+    except DatusError:
+        raise
+    except Exception as exc:
+        raise DatusError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from exc
+
+
 def _pixel_limit(override: int | None) -> int:
     return max_pixels() if override is None else override
 
 
-def _read_pillow(path: Path, limit: int, keep_palette: bool) -> np.ndarray:
+def _open_pillow(path: Path) -> Image.Image:
     with warnings.catch_warnings():
-        # Pillow warns from half its error threshold; our own limit is checked below.
+        # Pillow warns from half its error threshold; our own limit is checked by the caller.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(path)  # lazy: reads the header only
-    with img:
-        width, height = img.size
-        _check_pixels(path, (height, width), limit)
+        return Image.open(path)  # lazy: reads the header only
+
+
+def _orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (upright) when none; read from metadata Pillow parsed
+    with the header, so :func:`image_size` and the decoder agree without decoding."""
+    if not any(key in img.info for key in _HEADER_METADATA):
+        return 1
+    return img.getexif().get(EXIF_ORIENTATION, 1)
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of an opened image once its orientation is applied."""
+    width, height = img.size
+    return (width, height) if _orientation(img) in (5, 6, 7, 8) else (height, width)
+
+
+def _read_pillow(path: Path, limit: int, keep_palette: bool) -> np.ndarray:
+    with _open_pillow(path) as img:
+        _check_pixels(path, _displayed_size(img), limit)
+        upright = _UPRIGHT.get(_orientation(img))
+        if upright is not None:
+            img = img.transpose(upright)  # decodes; keeps the mode and palette
         if keep_palette and img.mode in ("P", "PA"):
             indices = np.asarray(img)
             return indices if indices.ndim == 2 else indices[..., 0]
@@ -113,13 +169,17 @@ def _read_pillow(path: Path, limit: int, keep_palette: bool) -> np.ndarray:
 
 def _read_tiff(path: Path, limit: int) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise DatusError(f"cannot read image {path}: the TIFF holds no image")
-        series = tif.series[0]  # what asarray() decodes
-        # A colour-sample axis (RGB(A)) is not counted, as Pillow does not count channels.
-        shape = [n for n, axis in zip(series.shape, series.axes) if not (axis == "S" and n <= 4)]
-        _check_pixels(path, tuple(shape), limit)
+        _check_pixels(path, _tiff_shape(path, tif), limit)
         return np.asarray(tif.asarray())
+
+
+def _tiff_shape(path: Path, tif: tifffile.TiffFile) -> tuple[int, ...]:
+    """Image axes (N, H, W or H, W) of the series ``asarray()`` decodes."""
+    if not tif.series:
+        raise DatusError(f"cannot read image {path}: the TIFF holds no image")
+    series = tif.series[0]
+    # A colour-sample axis (RGB(A)) is not counted, as Pillow does not count channels.
+    return tuple(n for n, axis in zip(series.shape, series.axes) if not (axis == "S" and n <= 4))
 
 
 def _check_pixels(path: Path, shape: tuple[int, ...], limit: int) -> None:
@@ -182,3 +242,4 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     (H, W, 3) uint8
     """
     return to_rgb_uint8(read_array(path, max_pixels=max_pixels), name=str(path))
+
