@@ -116,12 +116,14 @@ class ClassMap:
         return self.lookup()[np.asarray(mask, dtype=np.uint8)]
 
     def palette(self) -> np.ndarray:
-        """(256, 3) uint8 colours of class ids for a palette PNG; 255 the unlabelled colour
-        (black when none is set)."""
+        """(256, 3) uint8 colours of class ids for a palette PNG; 255 the unlabelled colour,
+        when none is set mid grey or another grey no class has (SUIM's background is black)."""
         table = np.zeros((256, 3), dtype=np.uint8)
         for c, cls_ in enumerate(self.classes):
             table[c] = cls_.colour
-        table[UNLABELLED] = self.unlabelled_colour or (0, 0, 0)
+        used = {tuple(int(v) for v in cls_.colour) for cls_ in self.classes}
+        grey = next(g for g in (128, *range(256)) if (g, g, g) not in used)
+        table[UNLABELLED] = self.unlabelled_colour or (grey, grey, grey)
         return table
 
     def colour_mask(self, mask: np.ndarray) -> np.ndarray:

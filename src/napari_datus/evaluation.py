@@ -118,7 +118,9 @@ class GroundTruthFormat:
 
     def read(self, path: str | Path) -> np.ndarray:
         """Read one ground-truth file; (H, W) int64 class ids, ``VOID`` where void."""
-        return self.decode(read_array(path, keep_palette=True), name=str(path))
+        # An index mask's palette index is its class; a SUIM mask's palette, its colours.
+        return self.decode(read_array(path, keep_palette=self.format == "index"),
+                           name=str(path))
 
     def _void(self, labels: np.ndarray) -> np.ndarray:
         labels = labels.astype(np.int64)

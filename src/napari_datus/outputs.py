@@ -32,6 +32,7 @@ from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
 from napari_datus.io.masks import (
     CLUSTER_PALETTE,
+    ID_PALETTE,
     colourise,
     write_colour_mask,
     write_index_mask,
@@ -120,8 +121,11 @@ def write_grid_outputs(out: Path, stem: str, partition: np.ndarray, segments: np
     segments : (g, g) int, 0 = noise, 1..n valid
     shape : (H, W) of the original image
     """
-    write_index_mask(out / PARTITIONS_DIR / f"{stem}.png", upsample_nearest(partition, shape))
-    write_index_mask(out / SEGMENTS_DIR / f"{stem}.png", upsample_nearest(segments, shape))
+    # Palette PNGs (16-bit gray above id 255): viewers show the ids in distinct colours.
+    write_index_mask(out / PARTITIONS_DIR / f"{stem}.png", upsample_nearest(partition, shape),
+                     ID_PALETTE)
+    write_index_mask(out / SEGMENTS_DIR / f"{stem}.png", upsample_nearest(segments, shape),
+                     ID_PALETTE)
 
 
 def write_pseudo_mask(out: Path, stem: str, mask: np.ndarray, folder: str = PSEUDO_DIR) -> Path:

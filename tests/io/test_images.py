@@ -156,7 +156,7 @@ def test_broken_png_chunk_is_a_clear_error(tmp_path):
         read_image(path)
 
 
-def test_palette_indices_are_kept_on_request(tmp_path):
+def test_palette_indices_are_kept_unless_colours_are_asked_for(tmp_path):
     img = Image.new("P", (4, 1))
     img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [224, 224, 192] * 253)
     img.putdata([0, 1, 2, 255])
@@ -164,7 +164,9 @@ def test_palette_indices_are_kept_on_request(tmp_path):
     indices = read_array(tmp_path / "voc.png", keep_palette=True)
     assert indices.dtype == np.uint8
     np.testing.assert_array_equal(indices, [[0, 1, 2, 255]])
-    assert read_array(tmp_path / "voc.png").shape == (1, 4, 4)  # RGBA by default
+    np.testing.assert_array_equal(read_array(tmp_path / "voc.png"), indices)  # the default
+    assert read_array(tmp_path / "voc.png", keep_palette=False).shape == (1, 4, 4)  # RGBA
+    assert read_image(tmp_path / "voc.png").shape == (1, 4, 3)  # a photo's colours
 
 
 

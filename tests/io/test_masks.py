@@ -6,7 +6,11 @@ import tifffile
 from PIL import Image
 
 from napari_datus.core.errors import DatusError
+from napari_datus.io.images import read_array
 from napari_datus.io.masks import (
+    ID_PALETTE,
+    SUIM6_COLOURS,
+    SUIM6_NAMES,
     SUIM8_COLOURS,
     class_names,
     decode_index,
@@ -105,3 +109,53 @@ def test_a_suim_mask_with_blended_edges_is_read():
     require_shared(path)
     codes = read_ground_truth(path, "suim8")
     assert codes.max() <= 7
+
+
+@pytest.mark.parametrize("top, mode", [(255, "P"), (256, "I;16")])
+def test_palette_masks_hold_the_ids(tmp_path, top, mode):
+    # int64 ids as the stages make them: a palette PNG while they fit in 8 bits.
+    labels = np.array([[0, 1, 2], [3, 254, top]], dtype=np.int64)
+    path = write_index_mask(tmp_path / "m.png", labels, ID_PALETTE)
+    with Image.open(path) as img:
+        assert img.mode == mode
+    back = read_array(path)
+    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == (np.uint8 if top <= 255 else np.uint16)
+
+
+def test_partitions_and_segments_show_their_ids_in_colours(tmp_path):
+    from napari_datus.outputs import write_grid_outputs
+
+    partition = np.array([[0, 1], [2, 3]])
+    segments = np.array([[0, 1], [2, 2]])
+    write_grid_outputs(tmp_path, "a", partition, segments, (4, 6))
+    for folder, grid in (("partitions", partition), ("segments", segments)):
+        path = tmp_path / folder / "a.png"
+        ids = np.kron(grid, np.ones((2, 3), dtype=int))
+        np.testing.assert_array_equal(read_array(path), ids)  # the pixels are the ids
+        with Image.open(path) as img:
+            shown = np.asarray(img.convert("RGB"))
+        colours = {tuple(shown[ids == i][0]) for i in np.unique(ids)}
+        assert len(colours) == len(np.unique(ids))  # one colour per id
+        assert (shown[ids > 0].max(axis=-1) > 0).all()  # no id but noise (0) is black
+    assert len(np.unique(ID_PALETTE, axis=0)) == 256
+
+
+def test_unlabelled_and_a_black_class_look_different_in_class_masks(tmp_path):
+    from napari_datus.class_map import ClassMap
+
+    # SUIM's background class (BW+PF+SR, class 5) is black.
+    classes = ClassMap.from_matching(6, {str(c): c for c in range(6)}, SUIM6_NAMES,
+                                     SUIM6_COLOURS)
+    palette = classes.palette()
+    assert tuple(palette[5]) == (0, 0, 0)
+    assert tuple(palette[255]) not in {tuple(c) for c in palette[:6]}
+    mask = np.array([[5, 255]], dtype=np.uint8)
+    path = write_index_mask(tmp_path / "c.png", mask, palette)
+    with Image.open(path) as img:
+        shown = np.asarray(img.convert("RGB"))
+    assert tuple(shown[0, 0]) != tuple(shown[0, 1])
+    np.testing.assert_array_equal(read_array(path), mask)
+    # A colour the user chose for unlabelled is kept.
+    classes.unlabelled_colour = (0, 0, 0)
+    assert tuple(classes.palette()[255]) == (0, 0, 0)

@@ -64,15 +64,16 @@ def max_pixels() -> int:
 
 
 def read_array(path: str | Path, *, max_pixels: int | None = None,
-               keep_palette: bool = False) -> np.ndarray:
+               keep_palette: bool = True) -> np.ndarray:
     """Decode an image file as stored (no conversion); TIFF through tifffile.
 
     Parameters
     ----------
     path : image file
     max_pixels : refuse images with more pixels; None uses :func:`max_pixels`
-    keep_palette : return a palette ("P"/"PA") image as its ``(H, W) uint8`` indices
-        (alpha dropped) instead of converting it to RGB(A); TIFF palettes are always indices
+    keep_palette : a palette ("P"/"PA") image as its ``(H, W) uint8`` indices (alpha
+        dropped), as label masks are stored; False converts it to RGB(A), as photos need
+        (:func:`read_image`); TIFF palettes are always indices
 
     Returns
     -------
@@ -241,5 +242,6 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     -------
     (H, W, 3) uint8
     """
-    return to_rgb_uint8(read_array(path, max_pixels=max_pixels), name=str(path))
+    return to_rgb_uint8(read_array(path, max_pixels=max_pixels, keep_palette=False),
+                        name=str(path))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import io
 import zlib
 from pathlib import Path
@@ -36,6 +37,20 @@ TAB10 = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103
 # tab10 cycled over the ids, unlabelled (255) black.
 CLUSTER_PALETTE = np.array(TAB10, dtype=np.uint8)[np.arange(256) % len(TAB10)]
 CLUSTER_PALETTE[255] = 0
+
+
+def _distinct_colours(n: int) -> np.ndarray:
+    """(n, 3) uint8 colours whose neighbours differ: hues a golden angle apart, saturation
+    and brightness alternating."""
+    golden = (5 ** 0.5 - 1) / 2
+    return np.array([[round(255 * v) for v in colorsys.hsv_to_rgb(
+        i * golden % 1.0, 0.9 if i % 2 else 0.55, 1.0 if i % 3 else 0.7)] for i in range(n)],
+        dtype=np.uint8)
+
+
+# Palette of partition and segment maps: id 0 (noise in segments/) black, ids 1..255 in
+# distinct colours, so an image viewer shows the ids the pixels hold.
+ID_PALETTE = np.vstack([np.zeros((1, 3), dtype=np.uint8), _distinct_colours(255)])
 # A channel between these values is neither "off" nor "on": not a SUIM colour.
 AMBIGUOUS_CHANNEL = (64, 191)
 # SUIM's own masks have up to 1.9% such pixels (f_r_1013_ of the train/val split, blended
@@ -132,7 +147,7 @@ def to_file_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
 def read_cluster_mask(path: str | Path) -> np.ndarray:
     """A run's pseudo-mask or de-noised PNG (palette or gray) as (H, W) uint8 cluster ids,
     255 = unlabelled."""
-    mask = read_array(path, keep_palette=True)
+    mask = read_array(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise DatusError(f"{path} is not a uint8 index mask (shape {mask.shape},"
                          f" dtype {mask.dtype})")
@@ -140,8 +155,9 @@ def read_cluster_mask(path: str | Path) -> np.ndarray:
 
 
 def read_ground_truth(path: str | Path, fmt: str = "index") -> np.ndarray:
-    """Read one ground-truth file as ``(H, W)`` integer class ids."""
-    array = read_array(path)
+    """Read one ground-truth file as ``(H, W)`` integer class ids (a palette index is the
+    class of an index mask; a SUIM mask's palette gives its colours)."""
+    array = read_array(path, keep_palette=fmt == "index")
     if fmt == "index":
         return decode_index(array, name=str(path))
     return decode_suim(array, fmt, name=str(path))
@@ -155,8 +171,9 @@ def write_index_mask(path: str | Path, labels: np.ndarray,
     ----------
     path : target ``.png``; its suffix becomes ``.tif`` when ids exceed 65535
     labels : (H, W) non-negative integers
-    palette : (256, 3) uint8 colours for a uint8 mask: a palette PNG, whose pixels are
-        still the ids (Pillow and :func:`read_array` with ``keep_palette`` read them back)
+    palette : (256, 3) uint8 colours: ids of any dtype that fit in 0..255 become an 8-bit
+        palette PNG, whose pixels are still the ids (:func:`read_array` reads them back;
+        image viewers show the colours); larger ids a 16-bit gray PNG
 
     Returns
     -------
@@ -175,9 +192,10 @@ def write_index_mask(path: str | Path, labels: np.ndarray,
         tifffile.imwrite(buffer, labels.astype(np.uint32))
         _atomic_write(path, lambda f: f.write(buffer.getvalue()))
         return path
-    dtype = np.uint8 if labels.dtype == np.uint8 else np.uint16
+    with_palette = palette is not None and top <= np.iinfo(np.uint8).max
+    dtype = np.uint8 if labels.dtype == np.uint8 or with_palette else np.uint16
     image = Image.fromarray(labels.astype(dtype))
-    if palette is not None and dtype == np.uint8:
+    if with_palette:
         image.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
     _atomic_write(path, lambda f: image.save(f, **PNG_OPTIONS))
     return path
