@@ -11,7 +11,6 @@ from napari_datus import cli, commands
 from napari_datus.core.metrics import Confusion, evaluate
 from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
 from napari_datus.io.weights import CONVERTED_SHA256
-from napari_datus.outputs import LOCK_NAME
 from tests.conftest import ROOT, SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
 from tests.io.test_images import write_png_claiming
 from tests.test_pipeline import blocky_images
@@ -197,9 +196,8 @@ def test_interrupt_exits_cleanly_without_partial_files(tiny_cli, folder, capsys,
     out = folder / "out"
     code = cli.main(["run", str(folder / "images"), "--out", str(out), *TINY_ARGS])
     assert code == 130 and "interrupted" in capsys.readouterr().err
-    written = sorted(p.name for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME)
-    assert written == ["im0.png", "im0.png"]  # first image's partition and segments only
-    assert not (out / "run.json").exists()  # so nothing takes the folder for a finished run
+    # The run worked in a staging folder inside OUT, removed with it: nothing is left.
+    assert sorted(p.name for p in out.rglob("*")) == []
 
 
 def test_run_ends_with_a_summary(tiny_cli, folder, capsys):
@@ -261,35 +259,37 @@ def test_bad_settings_are_refused_before_any_output(tiny_cli, folder, capsys, op
     out = folder / "out"
     code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS, *option)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
-    assert not out.exists() or not any(p.is_file() and p.name != LOCK_NAME
-                                       for p in out.rglob("*"))
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
-def test_rerun_into_an_older_run_leaves_none_of_its_files(tiny_cli, folder, capsys):
+def test_rerun_removes_only_the_older_runs_own_files(tiny_cli, folder, capsys):
     out = folder / "out"
     assert datus(capsys, "run", folder / "images", "--out", out, "--gt", folder / "gt",
                  "--gt-format", "suim8", *TINY_ARGS)[0] == 0
-    for sub in ("denoised", "denoise_checkpoints"):
-        (out / sub).mkdir()
-        (out / sub / "im0.png").write_bytes(b"older")
-    (out / "pseudo_masks" / "gone.png").write_bytes(b"older")
-    (out / "notes.txt").write_text("the user's own file")
+    # Files in the layout's folders that no run wrote: someone else's, whatever their names.
+    theirs = {"denoised/im0.png": b"older", "pseudo_masks/gone.png": b"older",
+              "segments/notes.txt": b"mine", "notes.txt": b"the user's own file"}
+    for name, data in theirs.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(data)
     assert datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)[0] == 0
     left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    # The older run's metrics and SUIM colour masks are gone with it ...
     assert "metrics.json" not in left and "pseudo_masks_colour/im0.png" not in left
-    assert not any(name.startswith(("denoised", "denoise_checkpoints")) for name in left)
-    assert "pseudo_masks/gone.png" not in left
-    assert "notes.txt" in left  # not part of the layout: never touched
+    assert not (out / "pseudo_masks_colour").exists()
+    # ... and every file it did not write is still there, unchanged.
+    assert all((out / name).read_bytes() == data for name, data in theirs.items())
     run = json.loads((out / "run.json").read_text())
     assert run["gt"] is None and run["run_id"]
+    assert set(run["files"]) == left - {"run.json"} - set(theirs)
 
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tiny_cli, folder, capsys):
-    from filelock import FileLock
+    from napari_datus.runs.write import folder_lock
 
     out = folder / "out"
     out.mkdir()
-    with FileLock(out / LOCK_NAME):
+    with folder_lock(out):
         code, err = datus(capsys, "run", folder / "images", "--out", out, *TINY_ARGS)
     assert code == 1 and "another datus process is writing into" in err
 
@@ -302,8 +302,7 @@ def test_outputs_get_the_users_umask(tiny_cli, folder, capsys):
                      "--gt-format", "suim8", *TINY_ARGS)[0] == 0
     finally:
         os.umask(previous)
-    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")
-             if p.is_file() and p.name != LOCK_NAME}
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert modes == {0o644}
 
 
@@ -455,4 +454,4 @@ def test_a_run_with_napari_edits_is_not_replaced_unless_asked(tiny_cli, folder, 
     assert code != 0 and "12 edited pixels" in err and "--overwrite-edits" in err
     assert json.loads((out / "run.json").read_text())["edits"] == {"im0": {"pixels": 12}}
     assert datus(capsys, *argv, "--overwrite-edits")[0] == 0
-    assert "edits" not in json.loads((out / "run.json").read_text())
+    assert json.loads((out / "run.json").read_text())["edits"] == {}

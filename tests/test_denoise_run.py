@@ -48,10 +48,12 @@ def make_run_folder(root: Path, n: int = 8, height: int = 40, width: int = 56) -
         confusion.add(pseudo, gt)
         inputs[stem] = {"image": str(data / "images" / f"{stem}.png"),
                         "gt": str(data / "gt" / f"{stem}.png")}
-    run = {"params": {"clusters": K, "seed": 0}, "inputs": inputs,
+    run = {"format": 2, "run_id": "r1", "params": {"clusters": K, "seed": 0},
+           "images": sorted(inputs), "inputs": inputs,
+           "files": [f"pseudo_masks/{stem}.png" for stem in inputs] + ["metrics.json"],
            "gt": {"format": "index", "ignore": 255, "classes": CLASSES}}
     (out / "run.json").write_text(json.dumps(run))
-    metrics = {"classes": CLASSES, "initial": evaluate(confusion, CLASSES)}
+    metrics = {"run_id": "r1", "classes": CLASSES, "initial": evaluate(confusion, CLASSES)}
     (out / "metrics.json").write_text(json.dumps(metrics))
     return out
 
@@ -114,9 +116,9 @@ def test_folder_without_run_json_is_refused(tmp_path):
         denoise_run(tmp_path, config())
 
 
-def test_run_json_without_inputs_is_refused(run_folder):
+def test_run_json_without_a_run_id_is_refused(run_folder):
     (run_folder / "run.json").write_text(json.dumps({"params": {"clusters": K}}))
-    with pytest.raises(DatusError, match="inputs"):
+    with pytest.raises(DatusError, match="not a readable DatUS run record: run_id is missing"):
         denoise_run(run_folder, config())
 
 

@@ -2,7 +2,8 @@
 
 * A run folder (``datus run`` output, a napari run's ``out`` folder or an export: a folder
   with ``run.json``) opens as an Image layer ``"<image>"`` per image with its stage layers
-  ``"<image> pseudo mask"`` etc. (:func:`napari_datus.saved_run.run_layers`).
+  ``"<image> pseudo mask"`` etc. (:func:`napari_datus.saved_run.run_layers`); a damaged
+  file is left out with a notification, a damaged record declines the folder with one.
 * A PNG in a run's ``pseudo_masks/`` or ``denoised/`` opens as Labels, cluster ``c`` as
   ``c + 1`` (0 = unlabelled), like the pipeline widget's layers.
 * A SUIM colour mask (PNG, BMP) opens as a Labels layer named by class. The layer holds
@@ -21,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
 from napari_datus.io.images import read_array
-from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim, to_layer_labels
-from napari_datus.saved_run import is_run_folder, is_run_mask, mask_layer, run_layers
+from napari_datus.io.masks import SUIM8_COLOURS, SUIM8_NAMES, decode_suim
+from napari_datus.runs.read import RunFolder, is_run_folder, read_run
+from napari_datus.saved_run import is_run_mask, mask_layer, run_layers
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 SUFFIXES = (".png", ".bmp")
@@ -61,12 +64,21 @@ def read_suim_masks(paths: Sequence[str | Path]) -> np.ndarray:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return a reader for a run folder, a run's mask PNGs or SUIM colour masks, else None."""
+    """Return a reader for run folders, a run's mask PNGs or SUIM colour masks, else None.
+
+    A run folder is probed by its record alone (nothing is decoded until napari reads);
+    one whose record is damaged is declined with a notification saying why.
+    """
     paths = [path] if isinstance(path, str) else list(path)
     if paths and all(is_run_folder(p) for p in paths):
-        return _read_with(lambda: [layer for p in paths for layer in with_runs(p)])
+        try:
+            folders = [read_run(p) for p in paths]
+        except DatusError as exc:
+            _notify(f"napari-datus cannot open this run folder: {exc}")
+            return None
+        return lambda _path: [layer for folder in folders for layer in with_runs(folder)]
     if paths and all(is_run_mask(p) for p in paths):
-        return _read_with(lambda: [mask_layer(p) for p in paths])
+        return lambda _path: _mask_layers(paths)
     if not paths or any(Path(p).suffix.lower() not in SUFFIXES for p in paths):
         return None
     try:
@@ -81,36 +93,57 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
     return reader
 
 
-def with_runs(out: str | Path) -> list[LayerData]:
+def with_runs(folder: RunFolder) -> list[LayerData]:
     """A run folder's layers, each stage layer carrying the run the docks work on (metrics,
-    segment QA, class table, Export). A folder that cannot be rebuilt as runs (a stage
-    folder missing, say) still opens, for viewing, and a notification says why."""
-    from napari.utils.notifications import show_info
-
+    segment QA, class table, Export). What cannot be shown or rebuilt is left out, and one
+    notification says what and why: a folder that cannot be rebuilt as runs (a stage folder
+    missing, say) still opens for viewing."""
     from napari_datus._widgets.layers import METADATA_KEY
     from napari_datus._widgets.reopen import reopened_runs
 
-    layers = run_layers(out)
+    notes: list[str] = []
+    if folder.missing:
+        notes.append(f"{len(folder.missing)} images of the run have no pseudo mask:"
+                     f" {', '.join(folder.missing[:3])}")
+    runs: dict = {}
     try:
-        runs = reopened_runs(Path(out))
+        classes = ClassMap.load(folder.out)
     except DatusError as exc:
-        show_info(f"{Path(out).name} opened for viewing only (no metrics, QA or export): {exc}")
-        return layers
+        # Export would write a new class table over the damaged one: view only.
+        classes, damaged = None, exc
+    else:
+        damaged = None
+    layers = run_layers(folder, classes, notes)
+    try:
+        if damaged is not None:
+            raise damaged
+        runs = reopened_runs(folder, classes)
+    except DatusError as exc:
+        notes.append(f"opened for viewing only (no metrics, QA or export): {exc}")
     for _data, kwargs, _kind in layers:
         run = runs.get(kwargs.get("metadata", {}).get("stem"))
         if run is not None and kwargs["name"].startswith(f"{run.image_name} "):
             kwargs["metadata"][METADATA_KEY] = run
-    for run in runs.values():
-        # Against this, the saved mask's differences are edits (kept when you export).
-        run.pristine = to_layer_labels(run.pseudo_mask(0))
+    if notes:
+        _notify(f"{folder.out.name}: " + "; ".join(notes[:3])
+                + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else ""))
     return layers
 
 
-def _read_with(read: Callable[[], list[LayerData]]) -> Callable[[Any], list[LayerData]] | None:
-    """A reader returning ``read()``'s layers, or None (napari tries other readers) when the
-    files turn out unreadable."""
-    try:
-        layers = read()
-    except DatusError:
-        return None
-    return lambda _path: layers
+def _mask_layers(paths: list[str]) -> list[LayerData]:
+    """The mask PNGs that can be read, as Labels layers; one notification for the rest."""
+    layers, failed = [], []
+    for p in paths:
+        try:
+            layers.append(mask_layer(p))
+        except DatusError as exc:
+            failed.append(str(exc))
+    if failed:
+        _notify("; ".join(failed[:3]))
+    return layers
+
+
+def _notify(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)

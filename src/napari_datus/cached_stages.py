@@ -16,6 +16,7 @@ import numpy as np
 from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
 from napari_datus.core.features import PatchFeatures, extract_features, resize_image
 from napari_datus.core.segments import Segments, connected_components, split_components
+from napari_datus.io.images import check_pixel_limit
 from napari_datus.params import Params
 from napari_datus.stages import (
     ImageResult,
@@ -102,6 +103,9 @@ def segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackb
             cache.put_partition(inputs.keys.partition, partition, shape, components)
     else:
         partition, shape, components = stored
+        if isinstance(load, ImageFile):
+            # The file was never decoded, so the pixel limit is checked here.
+            check_pixel_limit(load.path, shape)
     with timer("segments"):
         segments = split_components(components, params.tau)
     with timer("embeddings"):

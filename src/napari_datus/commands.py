@@ -20,6 +20,7 @@ from tqdm import tqdm
 from napari_datus.cache import FeatureCache, file_sources
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
+from napari_datus.core.features import check_resolution
 from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.distributed import dask_client, segment_images
 from napari_datus.evaluation import GroundTruthFormat, Scorer
@@ -27,12 +28,9 @@ from napari_datus.io.dataset import list_images, match_ground_truth
 from napari_datus.io.images import max_pixels, read_image
 from napari_datus.io.masks import class_colours, read_cluster_mask
 from napari_datus.outputs import (
-    PSEUDO_DIR,
-    check_writable,
     command_line,
     package_versions,
-    run_folder,
-    saved_edit_pixels,
+    planned_files,
     write_colour_pseudo_mask,
     write_grid_outputs,
     write_json,
@@ -48,6 +46,10 @@ from napari_datus.pipeline import (
     drive,
     pseudo_mask,
 )
+from napari_datus.runs.layout import METRICS_FILE, PSEUDO_DIR, written_names
+from napari_datus.runs.read import owned_files, read_existing, user_work
+from napari_datus.runs.record import RunRecord
+from napari_datus.runs.write import RunWriter, check_no_conflicts, check_writable
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
@@ -75,12 +77,14 @@ def warn(message: str) -> None:
 def run_command(args: argparse.Namespace) -> dict:
     """``datus run``: stages 1-6, every output file, run.json and metrics.json.
 
+    Every setting and the output folder are checked before any work; the run is written
+    beside the run it replaces and swapped in whole (:class:`~napari_datus.runs.write.RunWriter`).
+
     Returns
     -------
     The run.json content.
     """
     start = time.perf_counter()
-    # Every setting is checked before any work or any file is written.
     params = params_from_args(args)
     params.validate()
     gt = GroundTruthFormat(args.gt_format, args.gt_ignore)
@@ -90,25 +94,28 @@ def run_command(args: argparse.Namespace) -> dict:
     out: Path = args.out
     files = list_images(args.images)
     gt_files = match_ground_truth(files, args.gt) if args.gt else {}
-    check_writable(out)
-    edited = saved_edit_pixels(out)
-    if edited and not args.overwrite_edits:
-        raise DatusError(f"{out} holds a run with {edited} edited pixels (edits made in napari);"
-                         " choose another --out, or pass --overwrite-edits to replace it")
+    check_output_folder(out, [f.stem for f in files], args)
     cache = FeatureCache(enabled=not args.no_cache)
     backbone = run_backbone(params, cache)
-    # Needs the patch size: from the cached descriptor, else the model is built here.
+    if params.device.startswith("cuda"):
+        from napari_datus.core.backbone import resolve_device
+
+        resolve_device(params.device)  # a missing GPU stops here, before any work
+    # Need the patch size: from the cached descriptor, else the model is built here.
+    check_resolution(params.resolution, backbone.patch_size)
     check_graph_memory(params, backbone.patch_size)
     timer = Timer()
     sources = file_sources(files)
-    with run_folder(out) as run_id:
-        with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar, \
-                dask_client(args.dask_scheduler, args.dask_local) as client:
+    with dask_client(args.dask_scheduler, args.dask_local) as client, \
+            RunWriter(out, protect=[*files, *gt_files.values()]) as writer:
+        root = writer.staging
+        with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar:
             def write_grids(event: Progress) -> None:
                 if event.result is not None:
                     r = event.result
                     with timer("write"):
-                        write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
+                        write_grid_outputs(root, r.stem, r.partition, r.segments.valid,
+                                           r.shape)
                 bar.update(1)
 
             results, skipped = drive(segment_images(sources, len(files), backbone, params,
@@ -119,34 +126,48 @@ def run_command(args: argparse.Namespace) -> dict:
             raise DatusError("no image could be processed")
         with timer("kmeans"):
             clusters = cluster(results, params, cache)
-        metrics_inputs = _write_masks(out, results, clusters, gt_files, gt, args, timer,
-                                      skipped, run_id, {f.stem: f for f in files})
-        run_info = {
-            "run_id": run_id,
-            "command": command_line(),
-            "params": {**params.to_dict(), **backbone.provenance()},
-            "device": backbone.device_name,
-            "versions": package_versions(),
-            "timings": timer.seconds,
-            "cache": str(cache.root) if cache.enabled else None,
-            "seconds_total": time.perf_counter() - start,
-            "segments": _segment_counts(results),
-            "images": [r.stem for r in results],
-            "skipped": [vars(s) for s in skipped],
-            "inputs": {f.stem: {"image": str(f.resolve()),
-                                "gt": (str(gt_files[f.stem].resolve()) if f.stem in gt_files
-                                       else None)}
-                       for f in files},
-            "gt": metrics_inputs,
+        metrics_inputs = _write_masks(root, results, clusters, gt_files, gt, args, timer,
+                                      skipped, writer.run_id, {f.stem: f for f in files})
+        record = RunRecord(
+            run_id=writer.run_id,
+            command=command_line(),
+            params={**params.to_dict(), **backbone.provenance()},
+            device=backbone.device_name,
+            versions=package_versions(),
+            timings=timer.seconds,
+            cache=str(cache.root) if cache.enabled else None,
+            seconds_total=time.perf_counter() - start,
+            segments=_segment_counts(results),
+            images=[r.stem for r in results],
+            skipped=[vars(s) for s in skipped],
+            inputs={f.stem: {"image": str(f.resolve()),
+                             "gt": (str(gt_files[f.stem].resolve()) if f.stem in gt_files
+                                    else None)}
+                    for f in files},
+            gt=metrics_inputs,
             # Lets napari rebuild the run from its files (segment QA on a reopened run).
-            "grid": {"patch_size": backbone.patch_size, "input_size": backbone.input_size},
-        }
-        # Last: run.json marks the folder as a complete run.
-        write_json(out / "run.json", run_info)
+            grid={"patch_size": backbone.patch_size, "input_size": backbone.input_size},
+        )
+        writer.commit(record)
+    run_info = record.to_json()
     if args.denoise:
         denoise_command(args)
     print(summary(run_info, out))
     return run_info
+
+
+def check_output_folder(out: Path, stems: list[str], args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output folder whose run holds user work (unless
+    ``--overwrite-edits``), whose run record is damaged, or where a file this run would
+    write is in the way and no run wrote it."""
+    check_writable(out)
+    work = user_work(out)
+    if work and not args.overwrite_edits:
+        raise DatusError(f"{out} holds a run with {work.describe()} (made in napari);"
+                         " choose another --out, or pass --overwrite-edits to replace it")
+    old = read_existing(out)
+    check_no_conflicts(out, planned_files(stems, bool(args.gt)),
+                       owned_files(out, old) if old is not None else set())
 
 
 def summary(run_info: dict, out: Path) -> str:
@@ -162,15 +183,14 @@ def summary(run_info: dict, out: Path) -> str:
         + (f" {params['weights_file']} (sha256 {params['weights_sha256'][:12]})"
            if params.get("weights_file") else f" {params['model']}"),
     ]
-    metrics_file = out / "metrics.json"
-    if run_info.get("gt") and metrics_file.is_file():
+    metrics_file = out / METRICS_FILE
+    if run_info.get("gt") and METRICS_FILE in run_info["files"]:
         metrics = json.loads(metrics_file.read_text())
         initial = metrics["initial"]
         lines.append(f"  mIoU {initial['miou']:.3f}, pixel accuracy"
                      f" {initial['pixel_accuracy']:.3f}, coverage {initial['coverage']:.3f}"
                      f" on {len(metrics['images'])} images with ground truth")
-    lines.append(f"  outputs: {out.resolve()} (run.json, pseudo_masks/, segments/,"
-                 " partitions/" + (", metrics.json" if metrics_file.is_file() else "") + ")")
+    lines.append(f"  outputs: {out.resolve()} ({', '.join(written_names(run_info['files']))})")
     return "\n".join(lines)
 
 
@@ -230,6 +250,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
         if r.stem not in gt_files:
             if args.gt:
                 skipped.append(Skipped(r.stem, "no ground-truth file: left out of the metrics"))
+                warn(f"{r.stem}: no ground-truth file in {args.gt}; left out of the metrics")
             continue
         with timer("read"):
             reason = scorer.add_file(r.stem, mask, gt_files[r.stem])

@@ -9,31 +9,32 @@ Hungarian matching) and a ``"denoise"`` record (settings, dropped masks, timings
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from napari_datus.core.denoise import Pair
+from napari_datus.core.denoise import CHECKPOINT_NAME, Pair
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.denoising import denoise_pairs
 from napari_datus.evaluation import GroundTruthFormat, Scorer
 from napari_datus.io.images import read_image
 from napari_datus.io.masks import read_cluster_mask, write_index_mask
-from napari_datus.outputs import (
+from napari_datus.outputs import write_json
+from napari_datus.pipeline import Progress, drive
+from napari_datus.runs import read as runs_read
+from napari_datus.runs.layout import (
     CHECKPOINT_DIR,
     DENOISED_DIR,
-    folder_lock,
-    read_json,
-    write_json,
+    METRICS_FILE,
+    PSEUDO_DIR,
+    image_file,
 )
-from napari_datus.pipeline import Progress, drive
+from napari_datus.runs.write import RunWriter
 
 
 @dataclass
@@ -67,35 +68,25 @@ class DenoiseResult:
 
 
 def read_run(out_dir: str | Path) -> RunInputs:
-    """Parse ``run.json`` (and metrics.json) of a complete run folder; raise DatusError
-    naming what is missing, corrupt or inconsistent."""
-    out_dir = Path(out_dir)
-    path = out_dir / "run.json"
-    if not path.is_file():
-        raise DatusError(f"{out_dir} is not a complete datus run folder: run.json not found")
-    run = read_json(path)
-    try:
-        clusters = int(run["params"]["clusters"])
-        inputs = {stem: entry for stem, entry in run["inputs"].items()
-                  if isinstance(entry, dict) and entry.get("image")}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DatusError(f"{path} lacks params.clusters or inputs ({exc}); re-run datus run"
-                         " or re-export from napari") from exc
-    gt = run.get("gt") or {}
-    images = {stem: Path(entry["image"]) for stem, entry in inputs.items()
-              if (out_dir / "pseudo_masks" / f"{stem}.png").is_file()}
-    if not images:
-        raise DatusError(f"no pseudo masks in {out_dir / 'pseudo_masks'} for the run's inputs")
-    metrics_path = out_dir / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    if metrics and metrics.get("run_id") != run.get("run_id"):
-        raise DatusError(f"{metrics_path} belongs to another run than {path} (an interrupted"
-                         " run?); re-run datus run into this folder")
+    """What de-noising needs of a complete run folder; DatusError naming what is missing,
+    corrupt or inconsistent (an image without its pseudo mask or image file included)."""
+    folder = runs_read.read_run(out_dir)
+    record = folder.record
+    if folder.missing:
+        raise DatusError(f"{folder.out}: {len(folder.missing)} images of the run have no"
+                         f" pseudo mask ({', '.join(folder.missing[:3])}); re-run datus run")
+    lost = [s for s in folder.stems if folder.image(s) is None]
+    if lost:
+        raise DatusError(f"{folder.out}: the image files of {len(lost)} images are gone"
+                         f" ({', '.join(lost[:3])}); de-noising trains on image and mask")
+    metrics = runs_read.read_metrics(folder)
+    gt = record.gt or {}
     # Score the images "initial" was scored on.
-    evaluated = set(metrics.get("images") or images)
-    gts = {stem: Path(entry["gt"]) for stem, entry in inputs.items()
-           if stem in images and stem in evaluated and entry.get("gt")}
-    return RunInputs(out_dir=out_dir, clusters=clusters, images=images, gts=gts,
+    evaluated = set(metrics.get("images") or folder.stems)
+    gts = {stem: folder.gt(stem) for stem in folder.stems
+           if stem in evaluated and folder.gt(stem) is not None}
+    return RunInputs(out_dir=folder.out, clusters=record.clusters,
+                     images={stem: folder.image(stem) for stem in folder.stems}, gts=gts,
                      gt_format=gt.get("format"), gt_ignore=gt.get("ignore"),
                      classes=list(metrics.get("classes") or gt.get("classes") or []),
                      boundaries="boundary" in (metrics.get("initial") or {}))
@@ -103,7 +94,7 @@ def read_run(out_dir: str | Path) -> RunInputs:
 
 def training_pairs(run: RunInputs) -> list[Pair]:
     """(stem, load image, load pseudo mask) for every image of the run, loaded lazily."""
-    masks = run.out_dir / "pseudo_masks"
+    masks = run.out_dir / PSEUDO_DIR
     return [(stem, partial(read_image, path), partial(read_cluster_mask, masks / f"{stem}.png"))
             for stem, path in sorted(run.images.items())]
 
@@ -113,42 +104,45 @@ def iter_denoise_run(
 ) -> Generator[TrainProgress | Progress, None, DenoiseResult]:
     """Train, predict, write and score; yields progress.
 
-    ``denoised/`` is written into a staging folder and swapped in when complete, so an
-    interrupted de-noising leaves the previous ``denoised/`` (or none), never a mix.
+    ``denoised/`` and the metrics are staged and swapped in when complete
+    (:class:`~napari_datus.runs.write.RunWriter`), so an interrupted de-noising leaves the
+    run as it was; the checkpoint is written in place, so a new de-noising resumes it.
     """
     config.validate()
     run = read_run(out_dir)
-    with folder_lock(run.out_dir):
-        return (yield from _denoise_locked(run, config))
+    with RunWriter(run.out_dir, update=True) as writer:
+        return (yield from _denoise_locked(run, config, writer))
 
 
-def _denoise_locked(run: RunInputs, config: DenoiseConfig,
+def _denoise_locked(run: RunInputs, config: DenoiseConfig, writer: RunWriter,
                     ) -> Generator[TrainProgress | Progress, None, DenoiseResult]:
     scorer = (Scorer(run.clusters, GroundTruthFormat(run.gt_format, run.gt_ignore),
                      boundaries=run.boundaries)
               if run.gts and run.gt_format else None)
-    staging = run.out_dir / f".{DENOISED_DIR}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    checkpoint = writer.adopt(f"{CHECKPOINT_DIR}/{CHECKPOINT_NAME}")
     written: list[Path] = []
 
     def keep(stem: str, mask: np.ndarray) -> None:
-        written.append(run.out_dir / DENOISED_DIR / write_index_mask(
-            staging / f"{stem}.png", mask).name)
+        write_index_mask(writer.path(image_file(DENOISED_DIR, stem)), mask)
+        written.append(run.out_dir / image_file(DENOISED_DIR, stem))
         if scorer is not None and stem in run.gts:
             reason = scorer.add_file(stem, mask, run.gts[stem])
             if reason is not None:
                 warnings.warn(reason, stacklevel=2)
 
     summary = yield from denoise_pairs(training_pairs(run), run.clusters, config, keep,
-                                       run.out_dir / CHECKPOINT_DIR)
-    _swap_in(staging, run.out_dir / DENOISED_DIR)
+                                       checkpoint.parent)
     metrics = scorer.result() if scorer is not None else None
+    record = writer.old
     if metrics is not None:
-        _update_json(run.out_dir / "metrics.json", {"denoised": metrics})
-    _update_json(run.out_dir / "run.json", {"denoise": {
+        existing = runs_read.read_metrics(runs_read.read_run(run.out_dir))
+        write_json(writer.path(METRICS_FILE), {**existing, "run_id": record.run_id,
+                                               "denoised": metrics})
+    record.denoise = {
         "config": config.to_dict(), "trained_on": len(run.images) - len(summary.dropped),
         "dropped": summary.dropped, "seconds_per_epoch": summary.seconds_per_epoch,
-        "predict_seconds": summary.predict_seconds}})
+        "predict_seconds": summary.predict_seconds}
+    writer.commit(record)
     return DenoiseResult(written, summary.dropped, metrics, summary.seconds_per_epoch,
                          summary.predict_seconds)
 
@@ -158,20 +152,3 @@ def denoise_run(out_dir: str | Path, config: DenoiseConfig,
                 ) -> DenoiseResult:
     """De-noise a run folder to the end (see :func:`iter_denoise_run`), reporting progress."""
     return drive(iter_denoise_run(out_dir, config), progress)
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace ``target`` by the complete ``staging`` folder (two renames)."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _update_json(path: Path, entries: dict[str, Any]) -> None:
-    """Set top-level keys of a JSON file (created if absent), atomically."""
-    data = read_json(path) if path.is_file() else {}
-    data.update(entries)
-    write_json(path, data)

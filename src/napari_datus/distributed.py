@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from napari_datus.cache import FeatureCache
-from napari_datus.core.errors import DatusError
+from napari_datus.core.errors import DatusError, SetupError
 from napari_datus.core.features import check_resolution
 from napari_datus.core.lazy_backbone import LazyBackbone, loaded
 from napari_datus.pipeline import (
@@ -141,5 +141,7 @@ def _segment_task(stem: str, load, backbone: Backbone, params: Params,
     timer = Timer()
     try:
         return segment_source(stem, load, backbone, params, timer, cache), timer.seconds
+    except SetupError:
+        raise
     except DatusError as exc:
         return Skipped(file=stem, reason=str(exc)), timer.seconds

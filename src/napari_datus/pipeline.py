@@ -21,7 +21,7 @@ from napari_datus.cache import FeatureCache
 from napari_datus.cached_stages import segment_cached
 from napari_datus.clustering import cluster
 from napari_datus.core.blas import one_blas_thread
-from napari_datus.core.errors import DatusError
+from napari_datus.core.errors import DatusError, SetupError
 from napari_datus.core.features import (
     check_resolution,
     extract_features,
@@ -166,6 +166,8 @@ def segment_dataset(
         try:
             with one_blas_thread():
                 result = segment_source(stem, load, backbone, params, timer, cache)
+        except SetupError:
+            raise
         except DatusError as exc:
             skipped.append(Skipped(file=stem, reason=str(exc)))
             yield Progress("segments", index, total, stem)

@@ -1,44 +1,26 @@
-"""A napari run saved in the ``datus run`` layout, and any run folder read back as layers.
+"""A run folder read back as napari layer data (no Qt, no napari).
 
-:func:`save_run` writes what ``datus run`` writes (partitions, segments, pseudo masks,
-run.json last) for a :class:`~napari_datus.pipeline.DatasetResult` whose images are files,
-with the user's edited masks in place of the computed ones and a record of the edits.
-:func:`run_layers` reads a run folder (from the CLI, the widget or an export) as napari layer
-data: per image an Image layer ``"<image>"`` and its stage layers ``"<image> pseudo mask"``
-etc., in the layer conventions (DESIGN 6), each read from disk only when napari draws it.
+:func:`run_layers` gives, per image, an Image layer ``"<image>"`` and its stage layers
+``"<image> pseudo mask"`` etc., in the layer conventions (DESIGN 6), each read from disk
+only when napari draws it. A file that cannot be shown (damaged, of another size than its
+image) is left out with a note; what is intact opens.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from PIL import Image as PILImage
 
 from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
-from napari_datus.io.images import read_array, read_image
+from napari_datus.io.images import image_size, read_array, read_image
 from napari_datus.io.masks import read_cluster_mask, to_layer_labels
-from napari_datus.outputs import (
-    DENOISED_DIR,
-    PARTITIONS_DIR,
-    PSEUDO_DIR,
-    SEGMENTS_DIR,
-    command_line,
-    folder_lock,
-    package_versions,
-    read_json,
-    run_folder,
-    write_class_masks,
-    write_grid_outputs,
-    write_json,
-    write_pseudo_mask,
-)
-from napari_datus.pipeline import DatasetResult
+from napari_datus.runs.layout import DENOISED_DIR, PARTITIONS_DIR, PSEUDO_DIR, SEGMENTS_DIR
+from napari_datus.runs.read import RunFolder, is_run_folder
 
 LayerData = tuple[Any, dict[str, Any], str]
 # Stage folders read back, with the layer suffix and how a file value becomes a label.
@@ -52,120 +34,56 @@ STAGE_LAYERS = (
 SAVED_RUN_KEY = "datus_saved_run"
 
 
-def save_run(out: Path, result: DatasetResult, images: dict[str, Path],
-             provenance: dict[str, Any], edited: dict[str, np.ndarray] | None = None,
-             classes: ClassMap | None = None, class_masks: bool = False,
-             grid: dict[str, int] | None = None) -> Path:
-    """Write a run in the ``datus run`` layout.
-
-    Parameters
-    ----------
-    result : every image's stages and clusters
-    images : stem -> image file, for run.json ``inputs``
-    provenance : the backbone's weights source and hash (``Backbone.provenance()``)
-    edited : stem -> (H, W) uint8 pseudo mask (255 = unlabelled) as the user edited it
-    classes : the user's class map, saved as ``classes.json``
-    class_masks : also write every mask through the class map (class ids and colours)
-    grid : the backbone's ``patch_size`` and ``input_size``, for reopening the run
-
-    Returns
-    -------
-    The run.json path, written last.
-    """
-    started = time.perf_counter()
-    edited = edited or {}
-    with run_folder(out) as run_id:
-        edits = {}
-        for index, r in enumerate(result.results):
-            write_grid_outputs(out, r.stem, r.partition, r.segments.valid, r.shape)
-            computed = result.pseudo_mask(index, None if result.params.refine == "none"
-                                          else read_image(images[r.stem]))
-            mask = edited.get(r.stem, computed)
-            write_pseudo_mask(out, r.stem, mask)
-            if class_masks and classes is not None:
-                write_class_masks(out, r.stem, mask, classes)
-            changed = int((mask != computed).sum())
-            if changed:
-                edits[r.stem] = {"pixels": changed}
-        if classes is not None:
-            classes.save(out)
-        return write_json(out / "run.json", {
-            "run_id": run_id,
-            "command": command_line(),
-            "params": {**result.params.to_dict(), **provenance,
-                       "clusters": max(result.params.clusters,
-                                       classes.n_clusters if classes else 0)},
-            "versions": package_versions(),
-            "timings": {**result.timings, "save": time.perf_counter() - started},
-            "segments": result.segment_counts(),
-            "images": [r.stem for r in result.results],
-            "skipped": [vars(s) for s in result.skipped],
-            "inputs": {r.stem: {"image": str(Path(images[r.stem]).resolve()), "gt": None}
-                       for r in result.results},
-            "gt": None,
-            "edits": edits,
-            "grid": grid,
-        })
-
-
-def save_edits(out: Path, masks: dict[str, np.ndarray], edits: dict[str, int]) -> None:
-    """Write edited pseudo masks into a saved run and record the edits in its run.json.
-
-    Parameters
-    ----------
-    masks : stem -> (H, W) uint8 pseudo mask (255 = unlabelled) to write
-    edits : stem -> edited pixels, for every image that has edits now
-    """
-    with folder_lock(out):
-        run = read_json(out / "run.json")
-        for stem, mask in masks.items():
-            write_pseudo_mask(out, stem, mask)
-        run["edits"] = {stem: {"pixels": pixels} for stem, pixels in sorted(edits.items())}
-        write_json(out / "run.json", run)
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """True for a folder holding a finished run (its run.json)."""
-    return Path(path).is_dir() and (Path(path) / "run.json").is_file()
-
-
-def run_layers(out: str | Path) -> list[LayerData]:
+def run_layers(folder: RunFolder, classes: ClassMap | None,
+               notes: list[str]) -> list[LayerData]:
     """Layer data for every image of a run folder: the image, then its stage layers.
 
-    Raises
-    ------
-    DatusError
-        If run.json is missing or unreadable, or lists no image.
+    Parameters
+    ----------
+    folder : the run folder as read (:func:`napari_datus.runs.read.read_run`)
+    classes : its class table, for the cluster layers' colours and names
+    notes : receives one line per file left out, and why
     """
-    out = Path(out)
-    run = read_json(out / "run.json")
-    inputs = run.get("inputs") or {}
-    stems = [s for s in run.get("images") or [] if (out / PSEUDO_DIR / f"{s}.png").is_file()]
-    if not stems:
-        raise DatusError(f"{out / 'run.json'} lists no image with a pseudo mask")
-    classes = ClassMap.load(out)
     layers: list[LayerData] = []
-    for index, stem in enumerate(stems):
+    for index, stem in enumerate(folder.stems):
         # Images differ in size and would cover each other: the first one shows at first.
         shown = index == 0
-        image = Path((inputs.get(stem) or {}).get("image") or "")
-        if image.is_file():
-            layers.append((lazy_read(image, read_image, np.uint8, rgb=True),
-                           {"name": stem, "rgb": True, "visible": shown}, "image"))
-        for folder, suffix, rule in STAGE_LAYERS:
-            path = out / folder / f"{stem}.png"
-            if path.is_file():
-                meta = {SAVED_RUN_KEY: str(out.resolve()), "stem": stem}
-                # Masks the user may paint are arrays; the rest load when first drawn.
-                data = (_clusters(path) if rule == "clusters"
-                        else lazy_read(path, _LABEL_RULES[rule], _LABEL_DTYPES[rule]))
-                kwargs = {"name": f"{stem} {suffix}", "metadata": meta,
-                          "visible": shown and suffix == "pseudo mask", "opacity": 0.6}
-                if rule == "clusters" and classes is not None:
-                    colours, features = classes.layer_style(int(data.max(initial=0)))
-                    kwargs.update(colormap=colours, features=features)
-                layers.append((data, kwargs, "labels"))
+        image = folder.image(stem)
+        size = None
+        if image is not None:
+            try:
+                layers.append((lazy_read(image, read_image, np.uint8, rgb=True),
+                               {"name": stem, "rgb": True, "visible": shown}, "image"))
+                size = image_size(image)
+            except DatusError as exc:
+                notes.append(str(exc))
+        for stage, suffix, rule in STAGE_LAYERS:
+            if folder.has(stage, stem):
+                try:
+                    layers.append(_stage_layer(folder, stage, stem, suffix, rule, size,
+                                               shown, classes))
+                except DatusError as exc:
+                    notes.append(str(exc))
     return layers
+
+
+def _stage_layer(folder: RunFolder, stage: str, stem: str, suffix: str, rule: str,
+                 size: tuple[int, int] | None, shown: bool,
+                 classes: ClassMap | None) -> LayerData:
+    """One stage file as a Labels layer; DatusError when it cannot be shown."""
+    path = folder.file(stage, stem)
+    if size is not None and image_size(path) != size:
+        raise DatusError(f"{path} is not the size of its image {size[1]}x{size[0]}; left out")
+    meta = {SAVED_RUN_KEY: str(folder.out.resolve()), "stem": stem}
+    # Masks the user may paint are arrays; the rest load when first drawn.
+    data = (_clusters(path) if rule == "clusters"
+            else lazy_read(path, _LABEL_RULES[rule], _LABEL_DTYPES[rule]))
+    kwargs = {"name": f"{stem} {suffix}", "metadata": meta,
+              "visible": shown and suffix == "pseudo mask", "opacity": 0.6}
+    if rule == "clusters" and classes is not None:
+        colours, features = classes.layer_style(int(data.max(initial=0)))
+        kwargs.update(colormap=colours, features=features)
+    return data, kwargs, "labels"
 
 
 def mask_layer(path: str | Path) -> LayerData:
@@ -201,7 +119,6 @@ _LABEL_DTYPES = {"plus_one": np.uint32, "as_is": np.uint32, "noise": np.uint8}
 
 def lazy_read(path: Path, read, dtype: type, rgb: bool = False) -> da.Array:
     """A dask array that reads ``path`` when napari first draws it (only the header now)."""
-    with PILImage.open(path) as img:
-        width, height = img.size
+    height, width = image_size(path)
     shape = (height, width, 3) if rgb else (height, width)
     return da.from_delayed(dask.delayed(read)(path), shape=shape, dtype=dtype)

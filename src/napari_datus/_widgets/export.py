@@ -34,19 +34,25 @@ from napari_datus.core.metrics import evaluate
 from napari_datus.evaluation import Scorer
 from napari_datus.io.masks import to_file_labels, write_colour_mask, write_json_atomic
 from napari_datus.outputs import (
-    DENOISED_DIR,
-    EXPORTED_IMAGES_DIR,
-    PARTITIONS_DIR,
-    SEGMENTS_DIR,
-    check_writable,
     package_versions,
-    run_folder,
     write_class_masks,
     write_grid_outputs,
     write_json,
     write_pseudo_mask,
 )
 from napari_datus.pipeline import DatasetResult
+from napari_datus.runs.layout import (
+    COMPUTED_DIR,
+    DENOISED_DIR,
+    EXPORTED_IMAGES_DIR,
+    METRICS_CSV,
+    METRICS_FILE,
+    RUN_FILE,
+    image_file,
+    in_run,
+)
+from napari_datus.runs.record import RunRecord
+from napari_datus.runs.write import RunWriter, check_writable
 
 
 def export_run(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Path,
@@ -91,34 +97,44 @@ def export_job(viewer: napari.Viewer, runs: WidgetRun | list[WidgetRun], out: Pa
 def _write_export(runs: list[WidgetRun], layers: list[dict[str, np.ndarray]],
                   edited: list[list[np.ndarray | None]], edits: dict[str, dict],
                   class_map: ClassMap, out: Path, index: bool, classes: bool) -> list[Path]:
-    """The writing half of :func:`export_job` (no Qt, no viewer)."""
+    """The writing half of :func:`export_job` (no Qt, no viewer): everything is written
+    beside the run ``out`` holds and swapped in when complete."""
     metrics, names = export_metrics(runs, edited)
-    with run_folder(out) as run_id:
-        written, inputs = [], {}
+    with RunWriter(out) as writer:
+        root, inputs = writer.staging, {}
         for run, stack, masks in zip(runs, layers, edited):
             if index:
-                written += _write_masks(out, run, stack, masks)
+                _write_masks(root, run, stack, masks)
             for i, stem in enumerate(run.stack.stems):
                 if masks[i] is None:
                     continue
                 if classes:
-                    written += write_class_masks(out, stem, masks[i], class_map)
+                    write_class_masks(root, stem, masks[i], class_map)
+                if stem in edits:
+                    write_pseudo_mask(root, stem, _computed(run, i), folder=COMPUTED_DIR)
                 # The images go with the masks, so `datus denoise` can train on an export.
-                path = write_colour_mask(out / EXPORTED_IMAGES_DIR / f"{stem}.png",
-                                         stack_rgb(run.stack, i))
-                inputs[stem] = {"image": str(path.resolve()), "gt": None}
-                written.append(path)
+                write_colour_mask(writer.path(image_file(EXPORTED_IMAGES_DIR, stem)),
+                                  stack_rgb(run.stack, i))
+                inputs[stem] = {"image": str(in_run(out.resolve(),
+                                                    image_file(EXPORTED_IMAGES_DIR, stem))),
+                                "gt": None}
         if classes:
-            written.append(class_map.save(out))
+            class_map.save(root)
         if metrics:
-            written.append(write_json(out / "metrics.json", {
-                "run_id": run_id, "classes": names, "images": _evaluated(runs), **metrics}))
-            written.append(write_json_atomic(out / "metrics.csv", metrics_csv(metrics, names)))
-        # Last: run.json marks the folder as a complete run.
-        written.append(write_json(out / "run.json", {
-            "run_id": run_id, **_run_json(runs, class_map, names if metrics else None),
-            "inputs": inputs, "edits": edits}))
-    return written
+            write_json(root / METRICS_FILE, {"run_id": writer.run_id, "classes": names,
+                                             "images": _evaluated(runs), **metrics})
+            write_json_atomic(root / METRICS_CSV, metrics_csv(metrics, names))
+        record = _record(runs, names if metrics else None)
+        record.inputs = inputs
+        record.edits = {stem: edit["pixels"] for stem, edit in edits.items()}
+        writer.commit(record)
+    return [in_run(out, rel) for rel in [*record.files, RUN_FILE]]
+
+
+def _computed(run: WidgetRun, index: int) -> np.ndarray:
+    """(H, W) uint8 pseudo mask of stack image ``index`` as computed (255 unlabelled)."""
+    pristine = run.pristine if run.stack.is_stack else run.pristine[None]
+    return to_file_labels(pristine[index], run.layer_name("pseudo mask"))
 
 
 def export_metrics(runs: list[WidgetRun], edited: list[list[np.ndarray | None]],
@@ -146,10 +162,9 @@ def export_metrics(runs: list[WidgetRun], edited: list[list[np.ndarray | None]],
 
 
 def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray],
-                 pseudo: list[np.ndarray | None]) -> list[Path]:
+                 pseudo: list[np.ndarray | None]) -> None:
     """Every image's stage index masks in file conventions (``pseudo``: the pseudo masks
-    already converted, None for images left out); returns the files written."""
-    written: list[Path] = []
+    already converted, None for images left out)."""
     for i, stem in enumerate(run.stack.stems):
         if pseudo[i] is None:
             continue
@@ -157,12 +172,10 @@ def _write_masks(out: Path, run: WidgetRun, layers: dict[str, np.ndarray],
         segments = layers["segments"][i].astype(np.int32)
         # Layers are already full size, so the writer's nearest upsampling is the identity.
         write_grid_outputs(out, stem, partitions, segments, segments.shape)
-        written += [out / PARTITIONS_DIR / f"{stem}.png", out / SEGMENTS_DIR / f"{stem}.png"]
-        written.append(write_pseudo_mask(out, stem, pseudo[i]))
+        write_pseudo_mask(out, stem, pseudo[i])
         if DENOISED in layers:
-            written.append(write_pseudo_mask(out, stem, to_file_labels(
-                layers[DENOISED][i], run.layer_name(DENOISED)), folder=DENOISED_DIR))
-    return written
+            write_pseudo_mask(out, stem, to_file_labels(
+                layers[DENOISED][i], run.layer_name(DENOISED)), folder=DENOISED_DIR)
 
 
 def metrics_csv(metrics: dict[str, dict], names: list[str]) -> str:
@@ -208,24 +221,25 @@ def _evaluated(runs: list[WidgetRun]) -> list[str]:
             if run.position(i) is not None]
 
 
-def _run_json(runs: list[WidgetRun], class_map: ClassMap, classes: list[str] | None) -> dict:
+def _record(runs: list[WidgetRun], classes: list[str] | None) -> RunRecord:
     """Provenance in run.json's shape (params, versions, timings, segments, images, skipped)."""
     first = runs[0]
     every = DatasetResult([r for run in runs for r in run.result.results],
                           [c for run in runs for c in run.result.clusters],
                           first.result.timings, [], first.result.params)
-    return {
-        "command": "napari DatUS pipeline widget",
+    return RunRecord(
+        run_id="",
+        command="napari DatUS pipeline widget",
         # The masks may hold clusters the user made beyond K: `datus denoise` learns them all.
-        "params": {**first.result.params.to_dict(), "clusters": first.n_clusters,
-                   **first.weights},
-        "versions": package_versions(),
-        "timings": first.result.timings,
-        "segments": every.segment_counts(),
-        "images": _evaluated(runs),
-        "skipped": [vars(s) for run in runs for s in run.result.skipped],
-        "gt": ({"format": first.gt_format, "ignore": None, "classes": classes, "dir": None}
-               if classes else None),
-        "class_map": class_map.to_json(),
-        "grid": {"patch_size": first.patch_size, "input_size": first.input_size},
-    }
+        params={**first.result.params.to_dict(), "clusters": first.n_clusters,
+                **first.weights},
+        versions=package_versions(),
+        timings=first.result.timings,
+        segments=every.segment_counts(),
+        images=_evaluated(runs),
+        inputs={},
+        skipped=[vars(s) for run in runs for s in run.result.skipped],
+        gt=({"format": first.gt_format, "ignore": None, "classes": classes, "dir": None}
+            if classes else None),
+        grid={"patch_size": first.patch_size, "input_size": first.input_size},
+    )

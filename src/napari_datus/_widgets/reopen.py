@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 
@@ -23,47 +22,51 @@ from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
 from napari_datus.core.segments import split_segments
 from napari_datus.io.images import read_array, read_image
-from napari_datus.io.masks import read_cluster_mask
-from napari_datus.outputs import PARTITIONS_DIR, PSEUDO_DIR, SEGMENTS_DIR, read_json
+from napari_datus.io.masks import read_cluster_mask, to_layer_labels
 from napari_datus.params import Params
 from napari_datus.pipeline import DatasetResult, ImageResult
+from napari_datus.runs.layout import PARTITIONS_DIR, SEGMENTS_DIR
+from napari_datus.runs.read import RunFolder
 from napari_datus.saved_run import lazy_read
 
-GRID_KEY = "grid"  # run.json: the backbone's patch_size and input_size
 
-
-def reopened_runs(out: Path) -> dict[str, WidgetRun]:
+def reopened_runs(folder: RunFolder, classes: ClassMap | None) -> dict[str, WidgetRun]:
     """stem -> the run of each image of a run folder; one class table and one group.
+
+    Each run's ``pristine`` labels are the pseudo mask as computed (saved beside an edited
+    one), so the edits saved with the folder are edits again.
 
     Raises
     ------
     DatusError
-        If the folder lacks what a run needs (run.json, partitions, segments, images), or
-        its files do not agree with each other.
+        If the folder lacks what a run needs (partitions, segments, images), or its files
+        do not agree with each other.
     """
-    out = Path(out)
-    record = read_json(out / "run.json")
-    params = _params(record)
-    patch, input_size = _grid(record, params)
+    record = folder.record
+    params = _params(record.params)
+    patch, input_size = _grid(record.grid or {}, params)
     grid = params.resolution // patch
-    classes = ClassMap.load(out) or ClassMap.per_cluster(params.clusters)
-    inputs = record.get("inputs") or {}
+    classes = classes or ClassMap.per_cluster(params.clusters)
     runs: dict[str, WidgetRun] = {}
-    for stem in record.get("images") or []:
-        image_file = Path((inputs.get(stem) or {}).get("image") or "")
-        if not (image_file.is_file() and (out / PSEUDO_DIR / f"{stem}.png").is_file()):
+    for stem in folder.stems:
+        image_file = folder.image(stem)
+        if image_file is None:
             continue
         # Read when first needed (a crop, an export), as the reader's Image layer is.
         image = lazy_read(image_file, read_image, np.uint8, rgb=True)
-        result = _image_result(out, stem, grid, params.tau, image.shape[:2])
-        mask = read_cluster_mask(out / PSEUDO_DIR / f"{stem}.png")
-        one = DatasetResult([result], [segment_clusters(result, mask)],
-                            record.get("timings") or {}, [], params)
+        result = _image_result(folder, stem, grid, params.tau, image.shape[:2])
+        computed = read_cluster_mask(folder.computed_mask(stem))
+        if computed.shape != image.shape[:2]:
+            raise DatusError(f"{folder.computed_mask(stem)} is not the size of its image")
+        one = DatasetResult([result], [segment_clusters(result, computed)], record.timings,
+                            [], params)
         runs[stem] = WidgetRun(stem, ImageStack(image[None], [stem], False), one, patch,
-                               input_size, weights=_weights(record), class_map=classes,
-                               out=out)
+                               input_size, weights=_weights(record.params),
+                               class_map=classes, out=folder.out,
+                               pristine=to_layer_labels(computed))
     if not runs:
-        raise DatusError(f"{out}: no image of the run has its image file and pseudo mask")
+        raise DatusError(f"{folder.out}: no image of the run has its image file and pseudo"
+                         " mask")
     group = list(runs.values())
     for run in group:
         run.group = group
@@ -83,14 +86,14 @@ def segment_clusters(result: ImageResult, mask: np.ndarray) -> np.ndarray:
     return clusters
 
 
-def _image_result(out: Path, stem: str, grid: int, tau: int,
+def _image_result(folder: RunFolder, stem: str, grid: int, tau: int,
                   shape: tuple[int, int]) -> ImageResult:
     """Stages 3-4 of one image read back on its (grid, grid) patch grid."""
-    partition_file = out / PARTITIONS_DIR / f"{stem}.png"
-    segments_file = out / SEGMENTS_DIR / f"{stem}.png"
+    partition_file = folder.file(PARTITIONS_DIR, stem)
+    segments_file = folder.file(SEGMENTS_DIR, stem)
     if not (partition_file.is_file() and segments_file.is_file()):
-        raise DatusError(f"{out}: {stem} has no saved partitions or segments (export the"
-                         " stage masks to reopen a run for QA)")
+        raise DatusError(f"{folder.out}: {stem} has no saved partitions or segments (export"
+                         " the stage masks to reopen a run for QA)")
     full = read_array(partition_file)
     if full.shape != tuple(shape):
         raise DatusError(f"{partition_file} is {full.shape[1]}x{full.shape[0]} but its image"
@@ -116,18 +119,19 @@ def on_grid(full: np.ndarray, grid: int) -> np.ndarray:
     return full[np.ix_(*picks)]
 
 
-def _params(record: dict) -> Params:
+def _params(recorded: dict) -> Params:
     known = {f.name for f in fields(Params)}
     try:
-        return Params(**{k: v for k, v in (record.get("params") or {}).items() if k in known})
+        params = Params(**{k: v for k, v in recorded.items() if k in known})
+        params.validate()
     except TypeError as exc:
         raise DatusError(f"run.json params cannot be read: {exc}") from exc
+    return params
 
 
-def _grid(record: dict, params: Params) -> tuple[int, int]:
+def _grid(grid: dict, params: Params) -> tuple[int, int]:
     """(patch size, input size) of the backbone: recorded in run.json, or else read from a
     timm ViT name (``..._patch14_...``)."""
-    grid = record.get(GRID_KEY) or {}
     if grid.get("patch_size"):
         return int(grid["patch_size"]), int(grid.get("input_size") or params.resolution)
     found = re.search(r"patch(\d+)", params.model)
@@ -136,7 +140,6 @@ def _grid(record: dict, params: Params) -> tuple[int, int]:
     return int(found.group(1)), params.resolution
 
 
-def _weights(record: dict) -> dict[str, str | None]:
-    params = record.get("params") or {}
+def _weights(params: dict) -> dict[str, str | None]:
     return {key: params.get(key) for key in ("weights_source", "weights_sha256",
                                             "weights_file") if key in params}

@@ -7,3 +7,8 @@ class DatusError(Exception):
     The message names the offending file, value or parameter; the command line
     prints it as one line and the napari widgets show it as a notification.
     """
+
+
+class SetupError(DatusError):
+    """A problem with what every image needs (the model, its weights, the device): it stops
+    the whole run instead of skipping images one by one."""

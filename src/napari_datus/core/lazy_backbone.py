@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from napari_datus.core.choices import DEFAULT_MODEL, default_model
-from napari_datus.core.errors import DatusError
+from napari_datus.core.errors import DatusError, SetupError
 
 if TYPE_CHECKING:
     import torch
@@ -199,7 +199,10 @@ class LazyBackbone:
     @cached_property
     def ref(self) -> WeightsRef:
         """Where the weights come from (a user's file is hashed here, once)."""
-        return resolve_weights(self.name, self._weights)
+        try:
+            return resolve_weights(self.name, self._weights)
+        except DatusError as exc:
+            raise SetupError(str(exc)) from exc
 
     @cached_property
     def weights_id(self) -> str | None:
@@ -285,7 +288,12 @@ class LazyBackbone:
         """
         with self._lock:
             if self._built is None:
-                self._built = self._build()
+                try:
+                    self._built = self._build()
+                except SetupError:
+                    raise
+                except DatusError as exc:
+                    raise SetupError(str(exc)) from exc
         return self._built
 
     def _build(self) -> Backbone:
