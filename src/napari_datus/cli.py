@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from napari_datus import __version__
@@ -138,6 +139,14 @@ def add_denoise_options(parser: argparse.ArgumentParser) -> None:
                              " of their labelled pixels (default %(default)s)")
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a Python warning as one plain line, ``datus: warning: <message>``, above any
+    progress bar (a :func:`warnings.showwarning` replacement: no category, no source line)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"datus: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``datus`` console script; returns the exit status."""
     parser = build_parser()
@@ -145,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from napari_datus import commands
 
-        commands.COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # restores Python's own display afterwards
+            warnings.showwarning = show_warning
+            commands.COMMANDS[args.command](args)
     except DatusError as exc:
         if args.debug:
             raise

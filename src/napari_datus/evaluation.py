@@ -59,8 +59,12 @@ class GroundTruthFormat:
         if self.format not in GT_FORMATS:
             raise DatusError(f"unknown ground-truth format {self.format!r}:"
                              f" choose one of {', '.join(GT_FORMATS)}")
-        if self.ignore is not None and not 0 <= self.ignore <= np.iinfo(np.int64).max:
+        if self.ignore is not None and self.ignore < 0:
             raise DatusError(f"ground-truth ignore value must be >= 0, got {self.ignore}")
+        if self.ignore is not None and self.ignore > np.iinfo(np.int64).max:
+            raise DatusError(f"ground-truth ignore value {self.ignore} is too large (at most"
+                             f" {np.iinfo(np.int64).max}; every value of 255 or more is void"
+                             " anyway)")
 
     @property
     def fixed_classes(self) -> int | None:
