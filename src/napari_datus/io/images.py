@@ -245,3 +245,8 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     return to_rgb_uint8(read_array(path, max_pixels=max_pixels, keep_palette=False),
                         name=str(path))
 
+
+def check_pixel_limit(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse an image of array ``shape`` (H, W) above :func:`max_pixels`, as reading it
+    would (for images known from a cache without being read)."""
+    _check_pixels(Path(path), tuple(shape), max_pixels())
