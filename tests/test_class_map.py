@@ -93,3 +93,25 @@ def test_bad_edits_are_refused():
         classes.assign(7, 0)
     with pytest.raises(DatusError, match="needs a name"):
         classes.add_class("")
+
+
+def test_at_most_255_classes_then_a_clear_refusal():
+    classes = ClassMap()
+    for c in range(255):
+        classes.add_class(f"class {c}")
+    with pytest.raises(DatusError, match="at most 255 classes"):
+        classes.add_class("one too many")
+    data = classes.to_json()
+    data["classes"].append({"id": 255, "name": "x", "colour": [0, 0, 0]})
+    with pytest.raises(DatusError, match="at most 255"):
+        ClassMap.from_json(data)
+
+
+def test_set_to_changes_the_map_every_holder_sees():
+    shared = ClassMap.per_cluster(3)
+    views = [shared, shared]
+    other = ClassMap.from_matching(3, {"0": 1, "1": None, "2": 0}, ["a", "b"], None)
+    views[0].set_to(other)
+    assert views[1] == other and views[1] is shared
+    other.rename(0, "changed later")
+    assert shared.classes[0].name == "a"  # a copy, not the other map's classes

@@ -25,6 +25,9 @@ from napari_datus.io.masks import TAB10, write_json_atomic
 CLASS_MAP_FILE = "classes.json"
 FORMAT_VERSION = 1
 
+# Class ids are mask values 0..254: 255 marks unlabelled (and unassigned) pixels.
+MAX_CLASSES = int(UNLABELLED)
+
 RGB = tuple[int, int, int]
 UNASSIGNED = "unassigned"
 # Unassigned clusters in napari: grey, so that they stand out from the class colours.
@@ -75,6 +78,7 @@ class ClassMap:
         names : ground-truth class names (C)
         colours : (C, 3) uint8 class colours (SUIM), or None for tab10 colours
         """
+        _check_count(len(names))
         classes = [LabelClass(name, _colour(colours, c)) for c, name in enumerate(names)]
         return cls(classes, [mapping.get(str(c)) for c in range(k)])
 
@@ -162,9 +166,19 @@ class ClassMap:
 
     def add_class(self, name: str, colour: RGB | None = None) -> int:
         """Append a class (tab10 colour by default); returns its id."""
+        if len(self.classes) >= MAX_CLASSES:
+            raise DatusError(f"a class table holds at most {MAX_CLASSES} classes (class id"
+                             f" {UNLABELLED} marks unlabelled pixels): merge or remove one first")
         colour = colour if colour is not None else TAB10[len(self.classes) % len(TAB10)]
         self.classes.append(LabelClass(_name(name), _rgb(colour)))
         return len(self.classes) - 1
+
+    def set_to(self, other: ClassMap) -> None:
+        """Make this map a copy of ``other``, in place: a run's views (a folder's images, a
+        layer set) hold this one map, so each of them shows the change."""
+        self.classes = [LabelClass(c.name, c.colour) for c in other.classes]
+        self.assignment = list(other.assignment)
+        self.unlabelled_colour = other.unlabelled_colour
 
     def rename(self, class_id: int, name: str) -> None:
         self._check_class(class_id)
@@ -215,6 +229,7 @@ class ClassMap:
                        for c in sorted(data["classes"], key=lambda c: int(c["id"]))]
             if [int(c["id"]) for c in data["classes"]] != list(range(len(classes))):
                 raise ValueError("class ids must be 0..C-1 in order")
+            _check_count(len(classes))
             clusters = {int(c): m for c, m in data["clusters"].items()}
             if sorted(clusters) != list(range(len(clusters))):
                 raise ValueError("cluster ids must be 0..n-1")
@@ -243,6 +258,12 @@ class ClassMap:
         except (OSError, ValueError) as exc:
             raise DatusError(f"cannot read {path}: {exc}") from exc
         return cls.from_json(data, str(path))
+
+
+def _check_count(n: int) -> None:
+    if n > MAX_CLASSES:
+        raise DatusError(f"{n} classes: a class table holds at most {MAX_CLASSES} (class id"
+                         f" {UNLABELLED} marks unlabelled pixels)")
 
 
 def _colour(colours: np.ndarray | None, c: int) -> RGB:

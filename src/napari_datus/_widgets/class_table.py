@@ -120,7 +120,7 @@ class ClassTable(QGroupBox):
         run = self._current_run()
         if run is None or "initial" not in run.metrics:
             return
-        run.class_map = matching_classes(run)
+        run.class_map.set_to(matching_classes(run))  # the one map the run's views hold
         self._done(run)
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:

@@ -1,9 +1,16 @@
 """How a run's class map is drawn and kept: layer colours and names, the Hungarian
-pre-fill, and carrying the classes over to a re-run (no Qt, no napari)."""
+pre-fill, and carrying the classes over to a re-run (no Qt, no napari).
+
+A class is an id: renaming keeps it. A re-run (another K or tau) puts each new cluster in
+the earlier class whose pixels it covers most (:class:`~napari_datus.class_carry.Carry`),
+whatever the class is called, so a renamed class keeps its pixels and K back where it was
+gives the table back.
+"""
 
 from __future__ import annotations
 
 from napari_datus._widgets.model import WidgetRun
+from napari_datus.class_carry import Carry
 from napari_datus.class_map import ClassMap
 from napari_datus.io.masks import class_colours
 
@@ -14,9 +21,14 @@ def cluster_colormap(run: WidgetRun) -> tuple[dict, dict]:
     return run.class_map.layer_style(run.n_clusters)
 
 
+def is_default(class_map: ClassMap, k: int) -> bool:
+    """True while a map is still the default one class per cluster of a K-cluster run."""
+    return class_map == ClassMap.per_cluster(k)
+
+
 def is_untouched(run: WidgetRun) -> bool:
     """True while the class map is still the default one class per cluster."""
-    return run.class_map == ClassMap.per_cluster(run.result.params.clusters)
+    return is_default(run.class_map, run.result.params.clusters)
 
 
 def matching_classes(run: WidgetRun) -> ClassMap:
@@ -26,51 +38,58 @@ def matching_classes(run: WidgetRun) -> ClassMap:
                                   class_colours(run.gt_format))
 
 
-def carried_map(earlier: ClassMap, earlier_k: int, k: int,
-                assignment: list[int | None] | None = None) -> tuple[ClassMap, str | None]:
-    """The class map of a re-run with ``k`` clusters, from the map of a run with
-    ``earlier_k``: the same K keeps every assignment; another K keeps the classes and takes
-    ``assignment`` (default: every new cluster unassigned).
+def carried_map(earlier: ClassMap, earlier_k: int, k: int, carry: Carry,
+                matching: ClassMap | None = None, automatic: bool = False,
+                ) -> tuple[ClassMap, str | None]:
+    """The class map of a re-run with ``k`` clusters, from the map of the run it replaces
+    (``earlier_k`` clusters); sets ``carry.classes_of`` so edits follow their classes.
+
+    Parameters
+    ----------
+    carry : the pixels the new clusters share with the earlier ones
+    matching : the new run's Hungarian matching as a map, when it has metrics
+    automatic : the earlier map was the default or its run's matching, not the user's
 
     Returns
     -------
-    The map, and a line for the user when the assignment could not be kept.
+    The map, and a line for the user when clusters moved between the user's classes.
     """
-    if k == earlier_k:
-        return ClassMap(list(earlier.classes), list(earlier.assignment),
-                        earlier.unlabelled_colour), None
-    if earlier == ClassMap.per_cluster(earlier_k):
-        return ClassMap.per_cluster(k), None
-    return (ClassMap(list(earlier.classes), assignment or [None] * k, earlier.unlabelled_colour),
-            f"K changed from {earlier_k} to {k}: your {len(earlier.classes)} classes were"
-            " kept; assign the new clusters to them in the class table")
+    if is_default(earlier, earlier_k) or (automatic and matching is not None):
+        # Nothing the user named: the new run gets its own default, or its own matching.
+        fresh = matching if matching is not None else ClassMap.per_cluster(k)
+        if matching is not None and not is_default(earlier, earlier_k):
+            carry.classes_of = earlier.lookup()  # both are the ground truth's classes
+        return fresh, None
+    carry.classes_of = earlier.lookup()
+    classes = carry.class_map(earlier, k)
+    empty = [c.name for i, c in enumerate(classes.classes)
+             if earlier.clusters_of(i) and not classes.clusters_of(i)]
+    notes = []
+    if k != earlier_k:
+        notes.append(f"K changed from {earlier_k} to {k}: each new cluster joined the class"
+                     f" of your {len(classes.classes)} whose pixels it covers most")
+    if empty:
+        notes.append(f"no new cluster covers {', '.join(empty)} most: reassign a segment to"
+                     " give it one")
+    return classes, ("; ".join(notes) + "; check the class table") if notes else None
 
 
 def carry_classes(run: WidgetRun, earlier: WidgetRun) -> str | None:
-    """Give a re-run the class table of the run it replaces (see :func:`carried_map`).
+    """Give a re-run the class table of the run it replaces (see :func:`carried_map`), and
+    ``run.carry``, which the kept edits follow.
 
     A table that is still the default, or still the Hungarian matching's, follows the new
-    run's matching when it has metrics. A table the user edited keeps its classes; with
-    another K and metrics, the new clusters join the kept classes of the names the matching
-    gives them.
+    run's matching when it has metrics. A table the user edited keeps its classes, each
+    new cluster in the class it covers most.
 
     Returns
     -------
-    A line for the user when the assignment could not be kept as it was, else None.
+    A line for the user when the assignment changed, else None.
     """
-    k, earlier_k = run.result.params.clusters, earlier.result.params.clusters
-    automatic = is_untouched(earlier) or (
-        "initial" in earlier.metrics and earlier.class_map == matching_classes(earlier))
-    if automatic and run.metrics:
-        run.class_map = matching_classes(run)
-        return None
-    if not (run.metrics and k != earlier_k):
-        run.class_map, note = carried_map(earlier.class_map, earlier_k, k)
-        return note
-    names = [c.name for c in earlier.class_map.classes]
-    matched = [None if m is None else run.class_names[m]
-               for m in matching_classes(run).assignment]
-    assignment = [names.index(m) if m in names else None for m in matched]
-    run.class_map, _ = carried_map(earlier.class_map, earlier_k, k, assignment)
-    return (f"K changed from {earlier_k} to {k}: your {len(names)} classes were kept and the"
-            " new clusters joined them by the ground-truth matching; check the class table")
+    automatic = "initial" in earlier.metrics and earlier.class_map == matching_classes(earlier)
+    run.carry = Carry.between([(earlier.result, run.result)])
+    classes, note = carried_map(earlier.class_map, earlier.result.params.clusters,
+                                run.result.params.clusters, run.carry,
+                                matching_classes(run) if run.metrics else None, automatic)
+    run.class_map.set_to(classes)
+    return note

@@ -1,5 +1,5 @@
 """The user's edits of a pseudo mask (painting, reassigned segments): found, kept across
-re-runs, and never dropped without asking."""
+re-runs in their classes, and never dropped without asking."""
 
 from __future__ import annotations
 
@@ -61,9 +61,11 @@ def layer_edits(viewer: napari.Viewer, run: WidgetRun | None) -> dict[int, Edit]
     return {i: edit for i, edit in edits.items() if edit is not None}
 
 
-def with_edits(labels: np.ndarray, edits: dict[int, Edit], clusters: int) -> np.ndarray:
-    """Kept edits painted over new labels ((N, H, W) or (H, W)); edits of another image size
-    or naming clusters above K are left out with a notification."""
+def with_edits(labels: np.ndarray, edits: dict[int, Edit], run: WidgetRun) -> np.ndarray:
+    """Kept edits of the run ``run`` replaces painted over its new labels ((N, H, W) or
+    (H, W)), each pixel in its class (:meth:`~napari_datus.class_carry.Carry.translate`:
+    a pixel painted "fish" is "fish" in the new run too). Edits of another image size, or
+    naming a cluster with no pixels to follow, are left out with a notification."""
     if not edits:
         return labels
     stack = labels if labels.ndim == 3 else labels[None]
@@ -72,17 +74,18 @@ def with_edits(labels: np.ndarray, edits: dict[int, Edit], clusters: int) -> np.
         if index >= len(stack) or edit.where.shape != stack[index].shape:
             show_info(f"the edits of image {index} were not kept: its size changed")
             continue
-        valid = edit.values <= clusters
+        values = (edit.values.astype(np.int64) if run.carry is None
+                  else run.carry.translate(edit.values, run.class_map))
+        valid = (values >= 0) & (values <= run.n_clusters)
         where = edit.where.copy()
         where[where] = valid
-        stack[index][where] = edit.values[valid]
+        stack[index][where] = values[valid]
         kept += int(valid.sum())
         if not valid.all():
-            show_info(f"{int((~valid).sum())} edited pixels named clusters above K ="
-                      f" {clusters} and were not kept")
-    show_info(f"kept {kept} edited pixels from the earlier run")
+            show_info(f"{int((~valid).sum())} edited pixels of image {index} named a cluster"
+                      " with no pixels in the earlier run and were not kept")
+    show_info(f"kept {kept} edited pixels from the earlier run, each in its class")
     return labels
-
 
 
 def ask_overwrite_edits(parent: QWidget, out: Path, pixels: int) -> bool:

@@ -20,6 +20,7 @@ from napari_datus._widgets.folder_run import Edit, FolderRun
 from napari_datus._widgets.layers import show_folder_image
 from napari_datus._widgets.model import WidgetRun
 from napari_datus.cache import FeatureCache, file_sources
+from napari_datus.class_carry import Carry
 from napari_datus.io.dataset import list_images
 from napari_datus.io.masks import to_file_labels
 from napari_datus.params import Params
@@ -39,6 +40,7 @@ class FolderController:
         self.viewer = viewer
         self.panel = panel
         self.run: FolderRun | None = None
+        self._running = False
         panel.step.connect(self.step)
 
     @staticmethod
@@ -52,21 +54,24 @@ class FolderController:
              ) -> Generator[Progress, None, FolderRun]:
         """Worker thread: every stage over the folder, one k-means, then the saved run.
 
-        ``kept`` are edits of an earlier run of the folder that the user chose to keep; an
-        edit whose image changed size, or whose labels name clusters beyond this run's, is
-        dropped with a notification. The classes of ``earlier`` (the run this one
-        replaces) are kept.
+        ``kept`` are edits of an earlier run of the folder that the user chose to keep: each
+        pixel keeps its class; an edit whose image changed size is dropped with a
+        notification. The classes of ``earlier`` (the run this one replaces) are kept, each
+        new cluster in the class whose pixels it covers most.
         """
         backbone = yield from load_backbone(params, len(files))
         result = yield from run(file_sources(files), len(files), params, backbone, cache)
         folder_run = FolderRun(folder, {f.stem: f for f in files}, result, backbone.patch_size,
                                backbone.input_size, weights=backbone.provenance(), out=out)
+        carry = None
         if earlier is not None:
-            folder_run.class_map, note = carried_map(
-                earlier.class_map, earlier.result.params.clusters, params.clusters)
+            carry = Carry.between([(earlier.result, result)])
+            classes, note = carried_map(earlier.class_map, earlier.result.params.clusters,
+                                        params.clusters, carry)
+            folder_run.class_map.set_to(classes)
             if note:
                 show_info(note)
-        folder_run.edits = _compatible(folder_run, kept)
+        folder_run.edits = _compatible(folder_run, kept, carry)
         if out is not None:
             yield Progress("saving", 0, 1)
             save_run(out, result, folder_run.files, folder_run.weights,
@@ -79,9 +84,16 @@ class FolderController:
         self.run = folder_run
         self._show(index, shown)
 
+    def set_running(self, running: bool) -> None:
+        """No stepping while a run goes: a step saves the edits into the folder that run is
+        replacing."""
+        self._running = running
+        if self.run is not None:
+            self._enable_steps()
+
     def step(self, delta: int) -> None:
         """Keep the edits of the image on screen, then show the previous or next image."""
-        if self.run is None:
+        if self.run is None or self._running:
             return
         index = self.run.index + delta
         if 0 <= index < len(self.run):
@@ -133,15 +145,22 @@ class FolderController:
         note = f", {edit.pixels} edited pixels" if edit else ""
         self.panel.show_position(index, len(folder_run),
                                  f"{folder_run.stem(index)} ({width}x{height}{note})")
+        self._enable_steps()
+
+    def _enable_steps(self) -> None:
+        index, total = self.run.index, len(self.run)
+        self.panel.previous.setEnabled(not self._running and index > 0)
+        self.panel.next.setEnabled(not self._running and index < total - 1)
 
     def _shown_stem(self) -> str | None:
         return None if self.run is None else self.run.stem(self.run.index)
 
 
-def _compatible(folder_run: FolderRun, kept: dict[str, Edit]) -> dict[str, Edit]:
-    """The kept edits that still fit: same image size, labels naming the run's clusters."""
+def _compatible(folder_run: FolderRun, kept: dict[str, Edit],
+                carry: Carry | None) -> dict[str, Edit]:
+    """The kept edits that still fit (same image size), each pixel in its class in the new
+    run (:meth:`Carry.translate`); pixels naming a cluster with nothing to follow drop."""
     fitting: dict[str, Edit] = {}
-    k = max(folder_run.result.params.clusters, folder_run.class_map.n_clusters)
     for index in range(len(folder_run)):
         stem = folder_run.stem(index)
         edit = kept.get(stem)
@@ -150,12 +169,15 @@ def _compatible(folder_run: FolderRun, kept: dict[str, Edit]) -> dict[str, Edit]
         if edit.where.shape != folder_run.result.results[index].shape:
             show_info(f"the edits of {stem} were not kept: its image changed size")
             continue
-        valid = edit.values <= k
+        values = (edit.values.astype(np.int64) if carry is None
+                  else carry.translate(edit.values, folder_run.class_map))
+        k = max(folder_run.result.params.clusters, folder_run.class_map.n_clusters)
+        valid = (values >= 0) & (values <= k)
         if not valid.all():
-            show_info(f"{int((~valid).sum())} edited pixels of {stem} named clusters above"
-                      f" {k - 1} and were not kept")
+            show_info(f"{int((~valid).sum())} edited pixels of {stem} named a cluster with"
+                      " no pixels in the earlier run and were not kept")
         where = edit.where.copy()
         where[where] = valid
         if where.any():
-            fitting[stem] = Edit(where, edit.values[valid])
+            fitting[stem] = Edit(where, values[valid].astype(np.uint8))
     return fitting

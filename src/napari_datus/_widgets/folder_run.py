@@ -38,7 +38,7 @@ class FolderRun:
     weights : the backbone's provenance
     out : where the run was saved (None: not saved)
     edits : stem -> the user's edit of that image's pseudo mask
-    class_map : the user's classes, shared by every image's view
+    class_map : the user's classes: the one map every image's view holds, changed in place
     index : the image on screen
     """
 
@@ -58,6 +58,13 @@ class FolderRun:
         self._computed = [clusters.copy() for clusters in self.result.clusters]
         if self.class_map is None:
             self.class_map = ClassMap.per_cluster(self.result.params.clusters)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Every image's view holds this map: a new one here would leave them the old one.
+        if name == "class_map" and getattr(self, "class_map", None) is not None:
+            raise AttributeError("a folder run's class map is changed in place: use"
+                                 " folder_run.class_map.set_to(other)")
+        super().__setattr__(name, value)
 
     @property
     def grid(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ from napari_datus._widgets.model import (
     layer_arrays,
 )
 from napari_datus.cache import FeatureCache
+from napari_datus.class_carry import Carry
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.params import Params
@@ -98,11 +99,8 @@ def work_set(stacks: list[ImageStack], params: Params, load_backbone: BackboneLo
     backbone = yield from load_backbone(params, len(stacks))
     result = yield from run(array_sources([s.images[0] for s in stacks], names),
                             len(stacks), params, backbone, cache)
-    previous = next(iter(earlier.values()), None)
-    classes, _note = (None, None) if previous is None else carried_map(
-        previous.class_map, previous.result.params.clusters, params.clusters)
     positions = {r.stem: i for i, r in enumerate(result.results)}
-    runs = []
+    runs, classes = [], None
     for name, stack in zip(names, stacks):
         i = positions.get(name)
         one = DatasetResult([] if i is None else [result.results[i]],
@@ -111,6 +109,15 @@ def work_set(stacks: list[ImageStack], params: Params, load_backbone: BackboneLo
         runs.append(WidgetRun(name, stack, one, backbone.patch_size, backbone.input_size,
                               weights=backbone.provenance(), class_map=classes))
         classes = runs[0].class_map  # one table for the whole set
+    previous = next(iter(earlier.values()), None)
+    if previous is not None:
+        carry = Carry.between([(earlier[r.image_name].result, r.result) for r in runs
+                               if r.image_name in earlier])
+        carried, _note = carried_map(previous.class_map, previous.result.params.clusters,
+                                     params.clusters, carry)
+        classes.set_to(carried)
+        for widget_run in runs:
+            widget_run.carry = carry
     yield Progress("building layers", 0, 1)
     out = []
     for widget_run in runs:
@@ -127,6 +134,6 @@ def show_set(viewer: napari.Viewer, layers: list[Image], views: list[tuple[Widge
     for layer, (widget_run, arrays) in zip(layers, views):
         widget_run.pristine = arrays["pseudo mask"].copy()
         arrays["pseudo mask"] = with_edits(arrays["pseudo mask"], kept.get(layer.name, {}),
-                                            widget_run.n_clusters)
+                                            widget_run)
         add_result_layers(viewer, widget_run, arrays, layer)
     viewer.layers.selection = set(layers)  # the set stays selected for the next run

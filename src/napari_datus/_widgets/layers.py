@@ -125,7 +125,12 @@ def show_folder_image(viewer: napari.Viewer, folder_run: FolderRun, index: int,
     if shown is not None and shown != stem:
         for old, new in [(shown, stem)] + [(f"{shown} {s}", f"{stem} {s}") for s in arrays]:
             if old in viewer.layers and new not in viewer.layers:
-                viewer.layers[old].name = new
+                layer = viewer.layers[old]
+                if run_of(layer) is not None:
+                    # The new view first: a dock listing result layers by their run's name
+                    # (the metrics dock's pseudo-mask list) then keeps the renamed layer.
+                    layer.metadata[METADATA_KEY] = view
+                layer.name = new
     data = view.stack.images[0]
     if isinstance(viewer.layers[stem] if stem in viewer.layers else None, Image):
         image = viewer.layers[stem]

@@ -36,9 +36,10 @@ from napari_datus._widgets.layers import LAYER_TERMS, paint_clusters, run_of
 from napari_datus._widgets.model import (
     SegmentInfo,
     WidgetRun,
-    compute_metrics,
     ground_truth,
+    masks_digest,
     reassign,
+    score,
     segment_at,
     segment_crop,
     segment_pixels,
@@ -64,6 +65,8 @@ METRIC_TERMS = (
     "strict: the same figures with unlabelled pixels counted as wrong.")
 TABLE_COLUMNS = ("class", "IoU", "F1", "strict", "clusters")
 BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}
+OUT_OF_DATE = ("out of date: the pseudo mask changed since these were computed (painting, a"
+               " re-run with kept edits); press Compute metrics")
 
 
 class MetricsWidget(QWidget):
@@ -175,9 +178,25 @@ class MetricsWidget(QWidget):
             return
         if self._watched is not None:
             self._watched.events.data.disconnect(self._on_run_changed)
+            self._watched.events.labels_update.disconnect(self._on_painted)
+            self._watched.events.name.disconnect(self._on_renamed)
         self._watched = layer
         if layer is not None:
             layer.events.data.connect(self._on_run_changed)
+            layer.events.labels_update.connect(self._on_painted)
+            layer.events.name.connect(self._on_renamed)
+
+    def _on_painted(self, _event=None) -> None:
+        """The user painted the chosen pseudo mask (napari says so after writing the
+        pixels): the metrics may be out of date. Once shown so, a stroke checks no more."""
+        run = self.current_run()
+        if run is not None and run.metrics and self.table.isEnabled():
+            self._show(run)
+
+    def _on_renamed(self, _event=None) -> None:
+        """A folder run's step renames the layers of the image shown before: follow them."""
+        if self._watched is not None:
+            self.run_layer.refresh(select=self._watched.name)
 
     # ---- metrics ------------------------------------------------------------------------
 
@@ -200,14 +219,13 @@ class MetricsWidget(QWidget):
             gt, names = ground_truth(layer.data, isinstance(layer, Labels),
                                      bool(getattr(layer, "rgb", False)), fmt,
                                      layer.metadata.get("gt_format"))
-            metrics = compute_metrics(run, gt, names, self._edited_masks(run))
+            untouched = is_untouched(run)
+            metrics = score(run, gt, fmt, names, self._edited_masks(run))
         except DatusError as exc:
             show_error(str(exc))
             return None
-        untouched = is_untouched(run)
-        run.gt, run.gt_format, run.class_names, run.metrics = gt, fmt, names, metrics
         if untouched:  # the matching pre-fills the table; the user's own table stays
-            run.class_map = matching_classes(run)
+            run.class_map.set_to(matching_classes(run))
         self._show(run)
         self._classes_changed(run)
         self.classes.refresh()
@@ -226,7 +244,11 @@ class MetricsWidget(QWidget):
             self.table.setRowCount(0)
             self.heatmap.clear()
             return
-        self.summary.setText("\n".join(summary_lines(run)))
+        stale = self._out_of_date(run)
+        self.summary.setText("\n".join(([OUT_OF_DATE] if stale else []) + summary_lines(run)))
+        # Greyed, not hidden: the user still sees what the last Compute metrics gave.
+        self.table.setEnabled(not stale)
+        self.heatmap.setEnabled(not stale)
         initial = run.metrics["initial"]
         self.table.setRowCount(len(run.class_names))
         for c, name in enumerate(run.class_names):
@@ -304,14 +326,19 @@ class MetricsWidget(QWidget):
                 where = (np.full(len(where[0]), info.index), *where)
             layer.data_setitem(where, cluster + 1)
         if run.gt is not None:
-            run.metrics = compute_metrics(run, run.gt, run.class_names,
-                                          self._edited_masks(run))
+            score(run, run.gt, run.gt_format, run.class_names, self._edited_masks(run))
             if run is self.current_run():
                 self._show(run)
         self._classes_changed(run)
         self.classes.refresh()
         self._selected = (run, replace(info, cluster=cluster))
         self.segment_info.setText(self._describe(run, self._selected[1]))
+
+    def _out_of_date(self, run: WidgetRun) -> bool:
+        """True when the run's pseudo-mask layer no longer holds the masks its metrics were
+        computed from."""
+        masks = self._edited_masks(run)
+        return masks is not None and masks_digest(masks) != run.scored
 
     def _edited_masks(self, run: WidgetRun) -> list[np.ndarray] | None:
         """The run's pseudo masks as the layer holds them (edits included), file convention."""

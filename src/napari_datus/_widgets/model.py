@@ -8,6 +8,7 @@ where noise. Files keep the ``datus run`` conventions; :mod:`.export` converts b
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_datus.class_carry import Carry
 from napari_datus.class_map import ClassMap
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.embeddings import masked_crops
@@ -97,7 +99,12 @@ class WidgetRun:
     weights : the backbone's :meth:`~napari_datus.core.backbone.Backbone.provenance`
     pristine : the pseudo-mask layer's labels as computed, before any edit
     class_map : the user's classes and the class of each cluster (default: one class per
-        cluster); a folder run's image views share the folder's map
+        cluster); a folder run's image views and a layer set's runs hold the one map of the
+        folder or set, so it is changed in place (:meth:`ClassMap.set_to`), never replaced
+    scored : digest (:func:`masks_digest`) of the pseudo masks ``metrics`` were computed
+        from: the metrics are out of date when the layer's masks differ
+    carry : how this run's clusters cover those of the run it replaced (None for a first
+        run): the user's edits of that run follow it here
     out : the run folder the run is saved in (its class map is saved there), or None
     group : the runs of a layer set (several image layers, one k-means), this one included;
         empty for a run of its own
@@ -116,6 +123,8 @@ class WidgetRun:
     gt_format: str = "index"
     class_names: list[str] = field(default_factory=list)
     class_map: ClassMap | None = None
+    scored: str | None = None
+    carry: Carry | None = field(default=None, repr=False, compare=False)
     out: Path | None = None
     group: list[WidgetRun] = field(default_factory=list, repr=False, compare=False)
 
@@ -123,6 +132,13 @@ class WidgetRun:
         self._positions = {r.stem: i for i, r in enumerate(self.result.results)}
         if self.class_map is None:
             self.class_map = ClassMap.per_cluster(self.result.params.clusters)
+
+    def __setattr__(self, name: str, value) -> None:
+        # The map is shared by the run's views: a new one here would leave them the old one.
+        if name == "class_map" and getattr(self, "class_map", None) is not None:
+            raise AttributeError("a run's class map is changed in place: use"
+                                 " run.class_map.set_to(other)")
+        super().__setattr__(name, value)
 
     @property
     def n_clusters(self) -> int:
@@ -281,6 +297,30 @@ def compute_metrics(run: WidgetRun, gt: np.ndarray, names: list[str],
     return metrics
 
 
+def masks_digest(masks: list[np.ndarray | None]) -> str:
+    """A digest of per-image (H, W) masks (None: a skipped image), to tell whether metrics
+    were computed from the masks a layer holds now."""
+    digest = hashlib.blake2b(digest_size=16)
+    for mask in masks:
+        digest.update(b"-" if mask is None else repr(mask.shape).encode())
+        if mask is not None:
+            digest.update(np.ascontiguousarray(mask, dtype=np.uint8).data)
+    return digest.hexdigest()
+
+
+def score(run: WidgetRun, gt: np.ndarray, fmt: str, names: list[str],
+          masks: list[np.ndarray | None] | None = None) -> dict[str, dict]:
+    """Score the run's pseudo masks (``masks`` as the user edited them, file convention;
+    default the computed ones) against ground truth and keep the metrics, the ground truth
+    and what was scored on the run (see :func:`compute_metrics`)."""
+    masks = masks if masks is not None else [run.pseudo_mask(i)
+                                             for i in range(run.stack.shape[0])]
+    run.metrics = compute_metrics(run, gt, names, masks)
+    run.gt, run.gt_format, run.class_names = gt, fmt, names
+    run.scored = masks_digest(masks)
+    return run.metrics
+
+
 def carry_metrics(run: WidgetRun, scored: WidgetRun) -> None:
     """Score ``run`` against the ground truth an earlier run of the same stack was scored
     with, so a re-run (a new K or tau) keeps its metrics without another click.
@@ -290,8 +330,7 @@ def carry_metrics(run: WidgetRun, scored: WidgetRun) -> None:
     """
     if scored.gt is None or not scored.metrics or scored.gt.shape != run.stack.shape:
         return
-    run.metrics = compute_metrics(run, scored.gt, scored.class_names)
-    run.gt, run.gt_format, run.class_names = scored.gt, scored.gt_format, scored.class_names
+    score(run, scored.gt, scored.gt_format, scored.class_names)
 
 
 @dataclass

@@ -334,8 +334,7 @@ class PipelineWidget(QWidget):
     def _show_layer(self, image: Layer, out: tuple[WidgetRun, dict, str | None]) -> tuple:
         widget_run, arrays, classes_note = out
         widget_run.pristine = arrays["pseudo mask"].copy()
-        arrays["pseudo mask"] = with_edits(arrays["pseudo mask"], self._kept_edits,
-                                            widget_run.n_clusters)
+        arrays["pseudo mask"] = with_edits(arrays["pseudo mask"], self._kept_edits, widget_run)
         if classes_note:
             show_info(classes_note)
         add_result_layers(self.viewer, widget_run, arrays, image)
@@ -376,6 +375,7 @@ class PipelineWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.folders.set_running(running)
 
     # ---- export and metrics -------------------------------------------------------------
 
