@@ -294,7 +294,7 @@ def process_benchmark(paths: list[Path], rounds: int, work: Path, bf16: bool = T
     ``git archive``) whose float32 commands join every round; ``bf16`` adds the rows under
     bf16 autocast.
     """
-    from napari_datus.io.weights import embedded_weights
+    from napari_datus.core.weights import embedded_weights
 
     images = linked_folder(work / "process-images", paths, len(paths))
     weights = embedded_weights()  # the default weights datus run uses, converted once

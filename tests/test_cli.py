@@ -9,8 +9,8 @@ from PIL import Image
 
 from napari_datus import cli, commands
 from napari_datus.core.metrics import Confusion, evaluate
+from napari_datus.core.weights import CONVERTED_SHA256
 from napari_datus.io.masks import SUIM8_COLOURS, read_ground_truth
-from napari_datus.io.weights import CONVERTED_SHA256
 from tests.conftest import ROOT, SUIM_IMAGES, SUIM_MASKS, WEIGHTS, require_shared
 from tests.io.test_images import write_png_claiming
 from tests.test_pipeline import blocky_images

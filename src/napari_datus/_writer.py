@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from napari_datus.core.atomic import atomic_path
 from napari_datus.core.errors import DatusError
-from napari_datus.io.atomic import atomic_path
 from napari_datus.io.masks import CLUSTER_PALETTE, to_file_labels, write_index_mask
 
 MAX_ID = int(np.iinfo(np.uint32).max)

@@ -21,7 +21,7 @@ A fourth folder, ``backbones/``, holds one small JSON descriptor of a model's ge
 weights identity, so that a :class:`~napari_datus.core.lazy_backbone.LazyBackbone` answers
 without building its model when every feature it would compute is already here.
 
-Writes are atomic (:func:`~napari_datus.io.atomic.atomic_path`), so concurrent dask workers
+Writes are atomic (:func:`~napari_datus.core.atomic.atomic_path`), so concurrent dask workers
 may share one folder. An entry that is unreadable, not a regular file (a FIFO would block the
 read forever) or holds arrays of another shape or dtype than the caller expects counts as a
 miss and is rewritten. A folder that cannot be written is reported once with a
@@ -47,9 +47,9 @@ import numpy as np
 import platformdirs
 
 from napari_datus import __version__
+from napari_datus.core.atomic import atomic_path
 from napari_datus.core.choices import CACHE_ENV
 from napari_datus.core.features import PatchFeatures
-from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_image
 
 if TYPE_CHECKING:

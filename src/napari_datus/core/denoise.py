@@ -28,12 +28,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from napari_datus.core.atomic import atomic_path
 from napari_datus.core.backbone import resolve_device
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
 from napari_datus.core.triton_guard import guard_triton
-from napari_datus.io.atomic import atomic_path
 
 CHECKPOINT_NAME = "last.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

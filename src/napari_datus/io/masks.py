@@ -11,10 +11,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from napari_datus.core.atomic import atomic_path
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.pseudolabel import UNLABELLED
-from napari_datus.io.atomic import atomic_path
 from napari_datus.io.images import read_array
 
 SUIM8_NAMES = ["BW", "HD", "PF", "WR", "RO", "RI", "FV", "SR"]

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from napari_datus.core.atomic import atomic_path
 from napari_datus.core.errors import DatusError
-from napari_datus.io.atomic import atomic_path
 
 if TYPE_CHECKING:
     import torch

@@ -5,10 +5,10 @@ from importlib import metadata
 import pytest
 import torch
 
+from napari_datus.core import weights
 from napari_datus.core.backbone import load_backbone
 from napari_datus.core.errors import DatusError
-from napari_datus.io import weights
-from napari_datus.io.weights import (
+from napari_datus.core.weights import (
     CONVERTED_NAME,
     CONVERTED_SHA256,
     convert_onnx,
