@@ -150,8 +150,10 @@ def export_metrics(runs: list[WidgetRun], edited: list[list[np.ndarray | None]],
     if not scored or len(scored) < len(runs) or len({tuple(r.class_names) for r in runs}) > 1:
         return {}, []
     if len(runs) == 1:
-        runs[0].metrics = compute_metrics(runs[0], runs[0].gt, runs[0].class_names, edited[0])
-        return runs[0].metrics, runs[0].class_names
+        # Not kept on the run: this runs in the export's worker thread, and the dock's
+        # figures are the dock's (it shows them as out of date after an edit).
+        return (compute_metrics(runs[0], runs[0].gt, runs[0].class_names, edited[0]),
+                runs[0].class_names)
     names = runs[0].class_names
     scorer = Scorer(max(run.n_clusters for run in runs), classes=names)
     for run, masks in zip(runs, edited):
