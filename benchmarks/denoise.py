@@ -34,6 +34,7 @@ import torch
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.denoise_run import iter_denoise_run
 from napari_datus.pipeline import drive
+from napari_datus.runs.record import load_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Paper Table IV (SUIM, 6 classes, DINO ViT-S/8): (masks, split, mIoU, PAcc, mean F1), in %.
@@ -165,11 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = [denoise_once(args.run, work_root / f"seed{seed}",
                          DenoiseConfig(**settings, seed=seed, device="cpu"))
             for seed in args.seeds]
-    run_info = json.loads((args.run / "run.json").read_text())
+    record = load_record(args.run)
     report = {
         "run": str(args.run),
-        "images": len(run_info.get("images") or run_info["inputs"]),
-        "clusters": run_info["params"]["clusters"],
+        "images": len(record.images),
+        "clusters": record.clusters,
         "config": DenoiseConfig(**settings, device="cpu").to_dict(),
         "seeds": args.seeds,
         "threads": args.threads,

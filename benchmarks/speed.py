@@ -76,6 +76,7 @@ from napari_datus.pipeline import (
     run,
     segment_features,
 )
+from napari_datus.runs.record import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -263,9 +264,9 @@ def datus_run(images: Path, out: Path, args: list[str], env: dict[str, str]) -> 
     """:func:`datus` for ``datus run``, with run.json's own seconds (after start-up, imports
     and, where it happens before the first image, the model load) and its keys stage."""
     row = datus(["run", str(images), "--out", str(out), *args], env)
-    inside = json.loads((out / "run.json").read_text())
-    return {**row, "seconds_after_startup": inside["seconds_total"],
-            "keys": inside["timings"]["keys"]}
+    inside = load_record(out)
+    return {**row, "seconds_after_startup": inside.seconds_total,
+            "keys": inside.timings["keys"]}
 
 
 def plain_loop(images: Path, weights: Path, precision: str, env: dict[str, str]) -> dict:
