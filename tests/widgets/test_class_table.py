@@ -127,6 +127,7 @@ def test_folder_classes_are_saved_and_reopened_with_the_run(
 
 def test_export_annotations_then_denoise(qtbot, viewer, sample, pipeline, metrics, tmp_path,
                                          capsys):
+    from napari_datus._widgets.model import compute_metrics
     from napari_datus.cli import main
 
     run_and_wait(qtbot, pipeline)
@@ -159,7 +160,11 @@ def test_export_annotations_then_denoise(qtbot, viewer, sample, pipeline, metric
     assert (np.asarray(Image.open(out / "class_masks" / f"{run.stack.stems[1]}.png"))
             [:5, :5] == 255).all()
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["initial"] == run.metrics["initial"]  # the metrics of the exported masks
+    exported = [np.asarray(Image.open(out / "pseudo_masks" / f"{stem}.png"))
+                for stem in run.stack.stems]
+    # The metrics of the masks as exported (painting and reassigning included).
+    assert saved["initial"] == compute_metrics(run, run.gt, run.class_names,
+                                               exported)["initial"]
     assert json.loads((out / "run.json").read_text())["params"]["clusters"] == 4
     assert main(["denoise", str(out), "--denoise-epochs", "1", "--device", "cpu"]) == 0, \
         capsys.readouterr().err
