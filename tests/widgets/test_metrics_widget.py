@@ -326,3 +326,28 @@ def test_widgets_open_from_the_plugin_menu(viewer):
     _dock, metrics = viewer.window.add_plugin_dock_widget("napari-datus", "DatUS metrics")
     assert isinstance(pipeline, PipelineWidget)
     assert isinstance(metrics, MetricsWidget)
+
+
+def test_reassign_on_a_refined_mask_changes_the_segment_as_the_mask_shows_it(
+        qtbot, viewer, sample, pipeline, metrics):
+    pipeline.refine.setCurrentText("guided")
+    run_and_wait(qtbot, pipeline)
+    run = run_of(viewer.layers["suim pseudo mask"])
+    layer = viewer.layers["suim pseudo mask"]
+    segments = viewer.layers["suim segments"]
+    index, row, col = 1, *np.argwhere(segments.data[1] > 0)[0]
+    segment = int(segments.data[index, row, col])
+    viewer.layers.selection.active = segments
+    click(viewer, metrics, (index, row, col))
+    old = metrics._selected[1].cluster
+    new, _target = choose_other_class(run, metrics, old)
+    before, mask_before = np.array(layer.data[index]), run.pseudo_mask(index)
+    metrics.reassign_button.click()
+    # The refined mask's pixels of the segment (they left its old cluster for the new
+    # one), not its square patches; nothing else.
+    shown = (run.pseudo_mask(index) == new) & (mask_before == old)
+    patches = upsample_nearest(run.result.results[index].segments.valid == segment,
+                               (480, 640))
+    assert (shown != patches).any()
+    np.testing.assert_array_equal(layer.data[index] != before, shown)
+    assert (layer.data[index][shown] == new + 1).all()

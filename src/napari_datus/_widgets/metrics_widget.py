@@ -42,7 +42,6 @@ from napari_datus._widgets.model import (
     score,
     segment_at,
     segment_crop,
-    segment_pixels,
 )
 from napari_datus._widgets.qt import (
     ConfusionCanvas,
@@ -312,7 +311,7 @@ class MetricsWidget(QWidget):
         run, info = self._selected
         try:
             cluster = run.class_map.cluster_for(self.new_class.currentIndex())
-            reassign(run, info.index, info.segment, cluster)
+            pixels = reassign(run, info.index, info.segment, cluster)
         except DatusError as exc:
             show_error(str(exc))
             return
@@ -321,7 +320,7 @@ class MetricsWidget(QWidget):
             layer = self.viewer.layers[name]
             # Only the segment's pixels, through napari's edit history: painting elsewhere
             # stays, and Ctrl+Z undoes the reassignment.
-            where = np.nonzero(segment_pixels(run, info.index, info.segment))
+            where = np.nonzero(pixels)
             if run.stack.is_stack:
                 where = (np.full(len(where[0]), info.index), *where)
             layer.data_setitem(where, cluster + 1)

@@ -392,18 +392,29 @@ def segment_crop(run: WidgetRun, info: SegmentInfo) -> np.ndarray:
     return (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def segment_pixels(run: WidgetRun, index: int, segment: int) -> np.ndarray:
-    """(H, W) bool: the pixels of valid segment ``segment`` of stack image ``index``."""
-    r = run.result.results[run.position(index)]
-    return upsample_nearest(r.segments.valid == segment, run.stack.shape[1:])
+def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> np.ndarray:
+    """Move a valid segment to another cluster.
 
-
-def reassign(run: WidgetRun, index: int, segment: int, cluster: int) -> None:
-    """Move a valid segment to another cluster (the caller repaints the segment's pixels)."""
+    Returns
+    -------
+    (H, W) bool: the pixels of the segment as the pseudo mask shows them, which the caller
+    repaints with ``cluster + 1``: the patches of the segment, or with edge refinement (or
+    noise filled in) the pixels that go from its old cluster to the new one.
+    """
     k = run.n_clusters
     if segment < 1:
         raise DatusError("noise has no cluster: choose a valid segment")
     if not 0 <= cluster < k:
         raise DatusError(f"cluster {cluster} is outside 0..{k - 1}")
     position = run.position(index)
-    run.result.clusters[position][segment - 1] = cluster
+    clusters = run.result.clusters[position]
+    params = run.result.params
+    if params.refine == "none" and not params.fill_noise:
+        clusters[segment - 1] = cluster
+        valid = run.result.results[position].segments.valid
+        return upsample_nearest(valid == segment, run.stack.shape[1:])
+    old = int(clusters[segment - 1])
+    before = run.pseudo_mask(index)
+    clusters[segment - 1] = cluster
+    after = run.pseudo_mask(index)
+    return (after == cluster) & (before == old)
