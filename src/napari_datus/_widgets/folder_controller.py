@@ -25,7 +25,7 @@ from napari_datus.io.dataset import list_images
 from napari_datus.io.masks import to_file_labels
 from napari_datus.params import Params
 from napari_datus.pipeline import Progress, run
-from napari_datus.saved_run import save_edits, save_run
+from napari_datus.runs.save import save_edits, save_run
 
 if TYPE_CHECKING:
     from napari_datus.core.backbone import Backbone
@@ -112,8 +112,7 @@ class FolderController:
             labels = np.asarray(self.viewer.layers[name].data)
             folder_run.record_edit(index, labels)
             if folder_run.out is not None:
-                save_edits(folder_run.out, {folder_run.stem(index): to_file_labels(labels)},
-                           {stem: edit.pixels for stem, edit in folder_run.edits.items()})
+                save_edits(folder_run.out, {folder_run.stem(index): to_file_labels(labels)})
         return sum(edit.pixels for edit in folder_run.edits.values())
 
     def shows(self, run: WidgetRun) -> bool:
@@ -135,7 +134,7 @@ class FolderController:
         result = replace(folder_run.result, clusters=[c.copy() for c in folder_run.result.clusters])
         return partial(save_run, out, result, folder_run.files, folder_run.weights,
                        folder_run.edited_masks(), copy.deepcopy(folder_run.class_map),
-                       class_masks, folder_run.grid)
+                       class_masks, folder_run.grid, folder_run.computed_clusters())
 
     def _show(self, index: int, shown: str | None) -> None:
         folder_run = self.run

@@ -88,6 +88,10 @@ class FolderRun:
         return WidgetRun(r.stem, stack, one, self.patch_size, self.input_size,
                          weights=self.weights, class_map=self.class_map, out=self.out)
 
+    def computed_clusters(self) -> list[np.ndarray]:
+        """Per image, a copy of the clusters of its valid segments as k-means gave them."""
+        return [clusters.copy() for clusters in self._computed]
+
     def computed_labels(self, index: int) -> np.ndarray:
         """(H, W) uint8 computed pseudo mask of image ``index``, in layer convention."""
         params = self.result.params

@@ -53,6 +53,7 @@ from napari_datus._widgets.qt import (
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 from napari_datus.io.masks import to_file_labels
+from napari_datus.runs.save import save_classes
 
 # The terms of the summary and the table, for their tooltips (docs/napari.md says more).
 METRIC_TERMS = (
@@ -365,8 +366,8 @@ class MetricsWidget(QWidget):
         paint_clusters(self.viewer, run)
         if run.out is not None:
             try:
-                run.class_map.save(run.out)
-            except OSError as exc:
+                save_classes(run.out, run.class_map)
+            except DatusError as exc:
                 show_error(f"the classes were not saved in {run.out}: {exc}")
 
 

@@ -57,7 +57,8 @@ from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
-from napari_datus.outputs import check_writable, saved_edit_pixels
+from napari_datus.runs.read import user_work
+from napari_datus.runs.write import check_writable
 from napari_datus.pipeline import Params, Progress
 
 if TYPE_CHECKING:
@@ -253,8 +254,14 @@ class PipelineWidget(QWidget):
         run = run if run is not None else self.folders.run
         own = (run is not None and run.out is not None
                and Path(run.out).resolve() == Path(out).resolve())
-        pixels = saved_edit_pixels(out)
-        return own or not pixels or self._ask_overwrite(out, pixels)
+        if own:
+            return True
+        try:
+            work = user_work(out)
+        except DatusError as exc:
+            show_error(str(exc))
+            return False
+        return not work or self._ask_overwrite(out, work.edited_pixels)
 
     def _ask_overwrite(self, out: Path, pixels: int) -> bool:
         """Overwrite (True) or keep (False) a saved run's edits, asked in a dialog."""
