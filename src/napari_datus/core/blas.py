@@ -7,8 +7,8 @@ from functools import cache
 from threadpoolctl import ThreadpoolController
 
 
-def one_blas_thread():
-    """A context in which numpy's BLAS uses one thread.
+def one_blas_thread(rescan: bool = False):
+    """A context in which every BLAS loaded in the process uses one thread.
 
     The per-image stages multiply small matrices; a multi-threaded OpenBLAS pool then spins
     after each call and takes the cores the next ViT forward runs on (measured on 2 cores:
@@ -16,7 +16,14 @@ def one_blas_thread():
     setting outlives a generator left suspended. The parallel k-means of
     :func:`napari_datus.core.grouping.overclusterings` run inside one for another reason:
     scikit-learn restores BLAS threads after each fit.
+
+    Parameters
+    ----------
+    rescan : look for BLAS libraries loaded since the last scan (scipy ships its own
+        OpenBLAS, which scikit-learn's k-means calls), instead of the libraries known
     """
+    if rescan:
+        _blas_controller.cache_clear()
     return _blas_controller().limit(limits=1, user_api="blas")
 
 

@@ -71,8 +71,13 @@ def overclusterings(embeddings: np.ndarray, overcluster: int, seed: int = 0, n_i
     # the GIL: on 2 cores two threads take 0.4-0.6x the time (826 segments), same labels.
     # BLAS stays at one thread for the whole pool: scikit-learn limits it inside each fit and
     # restores it after, which with fits in parallel would give OpenBLAS its full thread
-    # count inside another fit's OpenMP loop (OpenBLAS then warns that it may hang).
-    with one_blas_thread(), \
+    # count inside another fit's OpenMP loop (OpenBLAS then warns that it may hang, once
+    # per call: thousands of lines for a few hundred segments). The BLAS those loops call
+    # is scipy's own OpenBLAS, not numpy's: loaded with scikit-learn, so it is imported
+    # before the limit looks for the libraries to limit.
+    import sklearn.cluster  # noqa: F401
+
+    with one_blas_thread(rescan=True), \
             ThreadPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
         runs = pool.map(lambda s: cluster_segments(embeddings, centres, s, n_init, weights),
                         seeds)
