@@ -56,7 +56,8 @@ def read_suim_masks(paths: Sequence[str | Path]) -> np.ndarray:
     DatusError
         If a file is not a SUIM colour mask or the sizes differ.
     """
-    masks = [decode_suim(read_array(p), "suim8", name=str(p)) for p in paths]
+    masks = [decode_suim(read_array(p, keep_palette=False), "suim8", name=str(p))
+             for p in paths]
     if len({m.shape for m in masks}) > 1:
         raise DatusError("SUIM masks of different sizes cannot be stacked: "
                          + ", ".join(f"{Path(p).name} {m.shape}" for p, m in zip(paths, masks)))

@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 
 # Bump when a stage's output changes for the same inputs, to orphan old entries.
 # 2: partition entries hold the connected components too.
-CACHE_FORMAT = 2
+# 3: images are decoded as displayed (EXIF orientation applied).
+CACHE_FORMAT = 3
 # Reading an entry that is truncated, not an npz or missing arrays raises one of these.
 _BAD_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()

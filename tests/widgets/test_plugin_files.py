@@ -64,6 +64,17 @@ def test_reader_opens_suim_masks_with_class_names():
     assert kwargs["colormap"][4] == (1.0, 0.0, 0.0)  # RO is red
 
 
+def test_reader_opens_suim_masks_saved_as_palette_pngs(tmp_path):
+    path = tmp_path / "palette.png"
+    Image.open(SAMPLE_DIR / "masks" / "n_l_52_.png").convert("RGB").quantize(
+        colors=8, method=Image.Quantize.MAXCOVERAGE).save(path)
+    reader = get_reader(str(path))
+    assert reader is not None
+    [(data, _kwargs, _type)] = reader(str(path))
+    expected = decode_suim(np.asarray(Image.open(path).convert("RGB")))
+    np.testing.assert_array_equal(data, expected)
+
+
 def test_reader_stacks_several_masks():
     paths = sorted(str(p) for p in (SAMPLE_DIR / "masks").glob("*.png"))
     [(data, _kwargs, _type)] = get_reader(paths)(paths)
