@@ -33,6 +33,7 @@ from napari_datus.core.choices import (
 )
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
+from napari_datus.core.propagate import CLASSIFIERS, PropagateConfig
 from napari_datus.params import Params
 
 # Exit statuses: 0 done, 1 a problem the message names, 2 a usage error (argparse),
@@ -119,7 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--seed", type=int, default=defaults.seed)
     denoise.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
     add_denoise_options(denoise)
+    add_propagate_parser(sub, defaults)
     return parser
+
+
+def add_propagate_parser(sub, defaults: Params) -> None:
+    """``datus propagate``: labels of a few images carried to every image of a run."""
+    propagate = sub.add_parser("propagate", help="label every image of a run from a few"
+                               " labelled ones (a classifier on the cached patch features)")
+    propagate.add_argument("run", type=Path, metavar="RUN_DIR")
+    propagate.add_argument("--labels", type=Path, required=True, metavar="LABELS_DIR",
+                           help="class masks of some of the run's images, by stem")
+    propagate.add_argument("--label-format", choices=GT_FORMATS, default="index",
+                           help="index: class ids, 255 = not labelled, named by LABELS_DIR's"
+                                " classes.json when present (the napari Export's class_masks/);"
+                                " suim6/suim8: SUIM colour masks (default %(default)s)")
+    propagate.add_argument("--classifier", choices=CLASSIFIERS, default=PropagateConfig.classifier,
+                           help="patch classifier (default %(default)s; docs/propagation.md)")
+    propagate.add_argument("--segment-vote", type=float, default=PropagateConfig.segment_vote,
+                           help="weight of the mean scores of each unsupervised segment"
+                                " (0..1, default %(default)s)")
+    propagate.add_argument("--refine", choices=REFINEMENTS,
+                           help="how masks reach image size (default: the run's --refine)")
+    propagate.add_argument("--seed", type=int, default=defaults.seed)
+    propagate.add_argument("--no-cache", action="store_true",
+                           help="neither read nor write the feature cache")
+    propagate.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser) -> None:

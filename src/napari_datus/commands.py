@@ -48,6 +48,7 @@ from napari_datus.pipeline import (
 )
 from napari_datus.runs.layout import METRICS_FILE, PSEUDO_DIR, written_names
 from napari_datus.runs.read import owned_files, read_existing, user_work
+from napari_datus.runs.read import read_run as read_run_folder
 from napari_datus.runs.record import RunRecord
 from napari_datus.runs.write import RunWriter, check_no_conflicts, check_writable
 
@@ -285,4 +286,41 @@ def _segment_counts(results) -> dict[str, float]:
             "per_image_valid_mean": float(np.mean([r.segments.n_valid for r in results]))}
 
 
-COMMANDS = {"run": run_command, "denoise": denoise_command}
+def propagate_command(args: argparse.Namespace) -> None:
+    """``datus propagate RUN_DIR --labels DIR``: train on the labelled images' cached
+    features, write ``propagated/``, score the other images when the run has ground truth."""
+    from napari_datus.core.propagate import PropagateConfig
+    from napari_datus.propagation import propagate_run, run_params
+
+    config = PropagateConfig(classifier=args.classifier, segment_vote=args.segment_vote,
+                             seed=args.seed)
+    config.validate()
+    folder = read_run_folder(args.run)  # not a complete run: refused before any work
+    cache = FeatureCache(enabled=not args.no_cache)
+    backbone = run_backbone(run_params(folder), cache)
+    bars: list[tqdm] = []  # opened by the first step, so a refusal prints one line only
+
+    def show(event: Progress) -> None:
+        if not bars:
+            bars.append(tqdm(unit="img", file=sys.stderr))
+        bars[0].set_description_str(event.stage)
+        bars[0].total, bars[0].n = event.total, event.index
+        bars[0].refresh()
+
+    try:
+        result = propagate_run(args.run, args.labels, args.label_format, backbone, cache,
+                               config, args.refine, show)
+    finally:
+        for bar in bars:
+            bar.close()
+    line = (f"datus: {len(result.written)} images labelled from {len(result.labelled)}"
+            f" labelled images in {result.seconds:.1f} s: {args.run / 'propagated'}")
+    if result.metrics is not None:
+        m = result.metrics
+        line += (f"\n  mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f},"
+                 f" boundary F1 {m['boundary']['f1']:.3f} on {len(m['images'])} images"
+                 " that were not labelled")
+    print(line)
+
+
+COMMANDS = {"run": run_command, "denoise": denoise_command, "propagate": propagate_command}
