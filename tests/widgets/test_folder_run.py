@@ -162,6 +162,34 @@ def test_the_export_button_saves_a_folder_run_in_a_worker(qtbot, viewer, pipelin
 
 
 @pytest.mark.shared
+def test_saving_a_folder_run_builds_its_masks_off_the_main_thread(
+        qtbot, viewer, pipeline, mixed_folder, tmp_path, monkeypatch):
+    import threading
+
+    from napari_datus._widgets.folder_run import FolderRun
+
+    stem, _layer, _label = run_and_paint(qtbot, viewer, pipeline, mixed_folder)
+    threads = []
+    built = FolderRun.edited_masks
+
+    def recorded(self):
+        threads.append(threading.current_thread())
+        return built(self)
+
+    monkeypatch.setattr(FolderRun, "edited_masks", recorded)
+    job = pipeline.folders.save_job(tmp_path / "saved")
+    assert threads == []  # nothing built at the click
+    # A reassignment after the click does not change what is saved.
+    pipeline.folders.run.result.clusters[1][:] = 0
+    worker = threading.Thread(target=job)
+    worker.start()
+    worker.join()
+    assert threads == [worker]
+    run = json.loads((tmp_path / "saved" / "run.json").read_text())
+    assert list(run["edits"]) == [stem]
+
+
+@pytest.mark.shared
 def test_a_folder_export_is_a_run_datus_denoise_accepts(qtbot, viewer, pipeline, mixed_folder,
                                                         tmp_path, capsys):
     from napari_datus.cli import main

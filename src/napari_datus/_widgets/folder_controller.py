@@ -3,9 +3,7 @@ image at a time, stepping, keeping and saving the user's edits."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Generator
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,16 +123,12 @@ class FolderController:
         """Saving the whole folder run, with every edit and the class map, in the ``datus
         run`` layout (with the annotations in class ids and colours on request).
 
-        What is saved is taken here, on the main thread (a Reassign may change clusters
-        while the saving runs); the returned call writes it, on any thread, and returns the
-        run folder.
+        What is saved is frozen here, on the main thread (a Reassign may change clusters
+        while the saving runs); the returned call builds the masks and writes them, on any
+        thread, and returns the run.json path.
         """
         self.keep_edits()
-        folder_run = self.run
-        result = replace(folder_run.result, clusters=[c.copy() for c in folder_run.result.clusters])
-        return partial(save_run, out, result, folder_run.files, folder_run.weights,
-                       folder_run.edited_masks(), copy.deepcopy(folder_run.class_map),
-                       class_masks, folder_run.grid, folder_run.computed_clusters())
+        return partial(_save, out, self.run.frozen(), class_masks)
 
     def _show(self, index: int, shown: str | None) -> None:
         folder_run = self.run
@@ -180,3 +174,10 @@ def _compatible(folder_run: FolderRun, kept: dict[str, Edit],
         if where.any():
             fitting[stem] = Edit(where, values[valid].astype(np.uint8))
     return fitting
+
+
+def _save(out: Path, folder_run: FolderRun, class_masks: bool) -> Path:
+    """Save a frozen folder run (:meth:`FolderController.save_job`'s writing half)."""
+    return save_run(out, folder_run.result, folder_run.files, folder_run.weights,
+                    folder_run.edited_masks(), folder_run.class_map, class_masks,
+                    folder_run.grid, folder_run.computed_clusters())

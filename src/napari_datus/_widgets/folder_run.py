@@ -12,7 +12,8 @@ and are saved with the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,17 @@ class FolderRun:
         stack = ImageStack(images=image[None], stems=[r.stem], is_stack=False)
         return WidgetRun(r.stem, stack, one, self.patch_size, self.input_size,
                          weights=self.weights, class_map=self.class_map, out=self.out)
+
+    def frozen(self) -> FolderRun:
+        """A copy that later reassignments, edits and class changes leave alone, for saving
+        on another thread (the image arrays of the edits are shared: edits are replaced,
+        never changed in place)."""
+        copy_ = FolderRun(self.folder, dict(self.files),
+                          replace(self.result, clusters=[c.copy() for c in self.result.clusters]),
+                          self.patch_size, self.input_size, dict(self.weights), self.out,
+                          dict(self.edits), copy.deepcopy(self.class_map), self.index)
+        copy_._computed = self.computed_clusters()
+        return copy_
 
     def computed_clusters(self) -> list[np.ndarray]:
         """Per image, a copy of the clusters of its valid segments as k-means gave them."""
