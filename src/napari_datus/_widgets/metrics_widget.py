@@ -46,6 +46,7 @@ from napari_datus._widgets.model import (
 from napari_datus._widgets.qt import (
     ConfusionCanvas,
     LayerCombo,
+    exit_cleanly,
     on_destroyed,
     scrolled_layout,
     set_image,
@@ -74,6 +75,7 @@ class MetricsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
+        exit_cleanly()
         self.viewer = napari_viewer
         self._selected: tuple[WidgetRun, SegmentInfo] | None = None
         self._watched: Layer | None = None

@@ -1,9 +1,11 @@
-"""Small Qt pieces shared by the widgets: a layer chooser, the confusion heatmap, an image."""
+"""Small Qt pieces shared by the widgets: a layer chooser, the confusion heatmap, an image,
+and a clean exit."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 import napari
 import numpy as np
@@ -11,9 +13,17 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from napari.layers import Layer
-from qtpy.QtCore import QSize
+from qtpy.QtCore import QEvent, QSize
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 class LayerCombo(QComboBox):
@@ -74,6 +84,31 @@ def on_destroyed(widget: QWidget, disconnect: Callable[[], None]) -> None:
     """Call ``disconnect`` when ``widget`` is deleted (a closed dock widget is): the viewer
     must stop calling into it."""
     widget.destroyed.connect(lambda _widget=None: disconnect())
+
+
+@cache
+def exit_cleanly() -> None:
+    """Close the viewers still open at interpreter exit before PyQt's own clean-up does
+    (registered once per process; the docks call this when they open).
+
+    At exit PyQt walks its table of wrapped objects and deletes each window left open. The
+    Python code that deleting a napari window runs (napari makes each window an
+    application-wide Python event filter; napari's and our ``destroyed`` handlers) wraps new
+    objects into the table being walked, and whether that ends in ``Segmentation fault``
+    depends on how many objects are wrapped: two viewers and our dock crashed, and so did
+    two viewers and a dock of 25 plain QLabels (``tests/widgets/two_viewers.py``). Closed
+    and deleted here, by napari's own ``close``, the windows leave PyQt nothing to tear
+    down. ``atexit`` runs the last registered first, so this runs before PyQt's walk.
+    """
+    atexit.register(_close_viewers)
+
+
+def _close_viewers() -> None:
+    app = QApplication.instance()
+    if app is not None:
+        napari.Viewer.close_all()
+        # A closed window is deleted later, by an event loop that no longer runs: now.
+        app.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 class ConfusionCanvas(FigureCanvasQTAgg):
