@@ -52,6 +52,7 @@ from napari_datus._widgets.layer_jobs import (
 )
 from napari_datus._widgets.layers import LAYER_TERMS, add_result_layers, run_of, stack_of
 from napari_datus._widgets.model import WidgetRun
+from napari_datus._widgets.propagate_box import PropagateBox
 from napari_datus._widgets.qt import LayerCombo, exit_cleanly, scrolled_layout
 from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
@@ -144,6 +145,9 @@ class PipelineWidget(QWidget):
                                   self._may_replace)
         self.export_index, self.export_classes = self.exporter.index, self.exporter.classes
         layout.addWidget(self.exporter)
+        self.propagator = PropagateBox(self.viewer, self.folders, self._load_backbone,
+                                       self._cache)
+        layout.addWidget(self.propagator)
         open_metrics = QPushButton("Metrics and segment QA…")
         open_metrics.clicked.connect(self._open_metrics)
         layout.addWidget(open_metrics)
