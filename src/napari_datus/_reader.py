@@ -125,10 +125,28 @@ def with_runs(folder: RunFolder) -> list[LayerData]:
         run = runs.get(kwargs.get("metadata", {}).get("stem"))
         if run is not None and kwargs["name"].startswith(f"{run.image_name} "):
             kwargs["metadata"][METADATA_KEY] = run
+    if len(runs) > 1:
+        layers = _as_folder(folder, runs, layers)
     if notes:
         _notify(f"{folder.out.name}: " + "; ".join(notes[:3])
                 + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else ""))
     return layers
+
+
+def _as_folder(folder: RunFolder, runs: dict, layers: list[LayerData]) -> list[LayerData]:
+    """The first image's layers only, the last of them carrying the folder run: the
+    pipeline dock shows the folder one image at a time (◀/▶), as after a folder run."""
+    from napari_datus._widgets.layers import FOLDER_KEY
+    from napari_datus._widgets.reopen import reopened_folder_run
+
+    folder_run = reopened_folder_run(folder, runs)
+    first = folder_run.stem(0)
+    shown = [layer for layer in layers
+             if layer[1]["name"] == first or layer[1]["name"].startswith(f"{first} ")]
+    shown[-1][1].setdefault("metadata", {})[FOLDER_KEY] = folder_run
+    _notify(f"{folder.out.name}: {len(folder_run)} images, shown one at a time: step"
+            " through them with ◀/▶ in the DatUS pipeline dock (Plugins > DatUS pipeline)")
+    return shown
 
 
 def _mask_layers(paths: list[str]) -> list[LayerData]:

@@ -258,8 +258,7 @@ def test_a_matching_table_follows_the_matching_of_another_k(qtbot, viewer, sampl
 @pytest.mark.shared
 def test_a_reopened_run_has_metrics_qa_classes_and_export(
         qtbot, viewer, pipeline, mixed_folder, tmp_path, make_napari_viewer):  # noqa: F811
-    from napari_datus._widgets import MetricsWidget
-    from napari_datus._widgets.export import export_run
+    from napari_datus._widgets import MetricsWidget, PipelineWidget
     from napari_datus.core.metrics import Confusion, evaluate
     from napari_datus.io.masks import SUIM6_NAMES, read_ground_truth
     from tests.conftest import SUIM_MASKS
@@ -273,8 +272,10 @@ def test_a_reopened_run_has_metrics_qa_classes_and_export(
 
     reopened = make_napari_viewer()
     reopened.open(str(out), plugin="napari-datus")
+    dock = PipelineWidget(reopened)  # takes the folder over: one image at a time
+    reopened.window.add_dock_widget(dock)
     run = run_of(reopened.layers[f"{stem} pseudo mask"])
-    assert run is not None and len(run.group) == len(folder_run)
+    assert run is not None and len(dock.folders.run) == len(folder_run)
     # Read back, not computed again: the same segments and clusters as the run that saved it.
     np.testing.assert_array_equal(run.result.results[0].segments.valid,
                                   folder_run.result.results[0].segments.valid)
@@ -302,7 +303,7 @@ def test_a_reopened_run_has_metrics_qa_classes_and_export(
                                            if c != current))
     metrics.reassign_button.click()
     export = tmp_path / "export"
-    written = export_run(reopened, run.group, export)  # what the dock's Export does
+    written = dock.folders.save_job(export, class_masks=True)()  # the dock's Export
     saved = json.loads((export / "run.json").read_text())
     assert sorted(saved["images"]) == sorted(folder_run.stem(i) for i in range(len(folder_run)))
-    assert list(saved["edits"]) == [stem] and written[-1].name == "run.json"
+    assert list(saved["edits"]) == [stem] and written.name == "run.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_datus._widgets.edits import layer_edits
+from napari_datus._widgets import PipelineWidget
 from napari_datus._widgets.export import export_run
 from napari_datus._widgets.layers import run_of
 from napari_datus.runs.read import user_work
@@ -50,14 +50,18 @@ def test_exporting_into_a_reopened_export_keeps_the_folder_whole(
 
     reopened = make_napari_viewer()
     reopened.open(str(export), plugin="napari-datus")
-    run = run_of(reopened.layers[f"{stem} pseudo mask"])
+    assert [layer.name for layer in reopened.layers if " " not in layer.name] == [stem]
+    dock = PipelineWidget(reopened)  # takes the five images over, shown one at a time
+    reopened.window.add_dock_widget(dock)
     # The edits are edits again after reopening: told from the mask as computed.
-    assert sum(e.pixels for e in layer_edits(reopened, run).values()) == painted
+    assert {s: e.pixels for s, e in dock.folders.run.edits.items()} == {stem: painted}
     assert user_work(export).edited_pixels == painted
 
-    export_run(reopened, run.group, export)
+    dock.folders.save_job(export, class_masks=True)()  # the dock's Export of a folder
     again = tree(export)
-    assert set(again) == set(first)
+    # The export's images are this run's input now: kept, not deleted or rewritten.
+    assert set(again) - {"metrics.json", "metrics.csv"} == set(first) - {"metrics.json",
+                                                                          "metrics.csv"}
     for folder in ("exported_images", "pseudo_masks", "pseudo_masks_computed", "class_masks"):
         assert {k: v for k, v in again.items() if k.startswith(folder)} == \
                {k: v for k, v in first.items() if k.startswith(folder)}

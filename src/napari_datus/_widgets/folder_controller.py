@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
+from napari.layers import Layer
 from napari.utils.notifications import show_info
 
 from napari_datus._widgets.class_view import carried_map
 from napari_datus._widgets.folder_panel import FolderPanel
 from napari_datus._widgets.folder_run import Edit, FolderRun
-from napari_datus._widgets.layers import show_folder_image
+from napari_datus._widgets.layers import FOLDER_KEY, show_folder_image
 from napari_datus._widgets.model import WidgetRun
+from napari_datus._widgets.qt import on_destroyed
 from napari_datus.cache import FeatureCache, file_sources
 from napari_datus.class_carry import Carry
 from napari_datus.io.dataset import list_images
@@ -40,6 +42,26 @@ class FolderController:
         self.run: FolderRun | None = None
         self._running = False
         panel.step.connect(self.step)
+        inserted = viewer.layers.events.inserted
+        inserted.connect(self._on_inserted)
+        on_destroyed(panel, partial(inserted.disconnect, self._on_inserted))
+        for layer in list(viewer.layers):  # a run folder opened before the dock was
+            self.adopt(layer)
+
+    def adopt(self, layer: Layer) -> bool:
+        """Show the folder run of a reopened run folder that ``layer`` carries (from the
+        npe2 reader) one image at a time, with the navigator; True if it carried one."""
+        folder_run = layer.metadata.pop(FOLDER_KEY, None)
+        if folder_run is None or self._running:
+            return False
+        # Run then re-runs this folder into this run folder, as after a folder run.
+        self.panel.folder.setText(str(folder_run.folder))
+        self.panel.out.setText(str(folder_run.out))
+        self.show(folder_run, folder_run.index)
+        return True
+
+    def _on_inserted(self, event) -> None:
+        self.adopt(event.value)
 
     @staticmethod
     def files(folder: Path) -> list[Path]:

@@ -18,6 +18,9 @@ from napari_datus._widgets.model import (
 from napari_datus.core.errors import DatusError
 
 METADATA_KEY = "datus"
+# A reopened run folder's folder run, on the last layer the reader gives (the pipeline dock
+# takes it over and shows the folder one image at a time).
+FOLDER_KEY = "datus_folder"
 NOISE_COLOURS = {0: "transparent", 1: "magenta", None: "transparent"}
 # Only the masks show at first (the de-noised one above the initial one): stacked opaque
 # label layers would hide each other.

@@ -16,6 +16,7 @@ from dataclasses import fields
 
 import numpy as np
 
+from napari_datus._widgets.folder_run import FolderRun
 from napari_datus._widgets.model import ImageStack, WidgetRun
 from napari_datus.class_map import ClassMap
 from napari_datus.core.errors import DatusError
@@ -25,7 +26,7 @@ from napari_datus.io.images import read_array, read_image
 from napari_datus.io.masks import read_cluster_mask, to_layer_labels
 from napari_datus.params import Params
 from napari_datus.pipeline import DatasetResult, ImageResult
-from napari_datus.runs.layout import PARTITIONS_DIR, SEGMENTS_DIR
+from napari_datus.runs.layout import PARTITIONS_DIR, PSEUDO_DIR, SEGMENTS_DIR
 from napari_datus.runs.read import RunFolder
 from napari_datus.saved_run import lazy_read
 
@@ -143,3 +144,22 @@ def _grid(grid: dict, params: Params) -> tuple[int, int]:
 def _weights(params: dict) -> dict[str, str | None]:
     return {key: params.get(key) for key in ("weights_source", "weights_sha256",
                                             "weights_file") if key in params}
+
+
+def reopened_folder_run(folder: RunFolder, runs: dict[str, WidgetRun]) -> FolderRun:
+    """The reopened images of a run folder as one folder run, shown one image at a time,
+    with the edits the folder saved (each mask against the mask as computed)."""
+    stems = [s for s in folder.stems if s in runs]
+    first = runs[stems[0]]
+    result = DatasetResult([runs[s].result.results[0] for s in stems],
+                           [runs[s].result.clusters[0] for s in stems],
+                           first.result.timings, [], first.result.params)
+    files = {s: folder.image(s) for s in stems}
+    folder_run = FolderRun(files[stems[0]].parent, files, result, first.patch_size,
+                           first.input_size, weights=dict(first.weights), out=folder.out,
+                           class_map=first.class_map)
+    for index, stem in enumerate(stems):
+        if stem in folder.record.edits:
+            folder_run.record_edit(index, to_layer_labels(
+                read_cluster_mask(folder.file(PSEUDO_DIR, stem))))
+    return folder_run
