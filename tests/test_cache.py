@@ -13,7 +13,7 @@ from napari_datus import cache as cache_module
 from napari_datus import stages
 from napari_datus.cache import CacheWarning, ComponentEmbeddings, FeatureCache, file_sources
 from napari_datus.core.backbone import Backbone
-from napari_datus.core.features import PatchFeatures
+from napari_datus.core.features import PatchFeatures, forward_model
 from napari_datus.pipeline import array_sources, drive, run
 from tests.conftest import make_tiny_vit
 from tests.test_pipeline import blocky_images, tiny_params
@@ -31,12 +31,27 @@ class Counter:
         return self.fn(*args, **kwargs)
 
 
+class Counters:
+    """Images through several wrapped functions together."""
+
+    def __init__(self, counters: list[Counter]) -> None:
+        self.counters = counters
+
+    @property
+    def images(self) -> int:
+        return sum(c.images for c in self.counters)
+
+
 @pytest.fixture
 def vit(monkeypatch, tiny_backbone):
-    """Counts images through the tiny ViT (keys forwards plus crop forwards)."""
-    counter = Counter(tiny_backbone.model.forward_features)
-    monkeypatch.setattr(tiny_backbone.model, "forward_features", counter)
-    return counter
+    """Counts images through the tiny ViT (keys forwards plus crop forwards), float32 or the
+    bf16 copy ``auto`` runs the keys forward in on a CPU with bf16 instructions."""
+    models = {id(m): m for m in (tiny_backbone.model, forward_model(tiny_backbone, "auto"))}
+    counters = []
+    for model in models.values():
+        counters.append(Counter(model.forward_features))
+        monkeypatch.setattr(model, "forward_features", counters[-1])
+    return Counters(counters)
 
 
 @pytest.fixture
@@ -301,3 +316,22 @@ def test_entries_of_another_width_are_recomputed(tiny_backbone, images, tmp_path
                 np.savez(f, **arrays)
     assert_same(first, segment(images, tiny_backbone, tiny_params(), cache))
     assert vit.images == 2 * len(images)
+
+
+@pytest.mark.parametrize("flags, same_as", [(("amx_bf16",), "bf16"), ((), "fp32")])
+def test_auto_shares_the_entries_of_the_precision_it_runs(tiny_backbone, monkeypatch,
+                                                          tmp_path, flags, same_as):
+    from napari_datus.core import features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t: fpu avx2 " + " ".join(flags) + "\n")
+    monkeypatch.setattr(features, "CPUINFO", info)
+    features.cpu_has_fast_bf16.cache_clear()
+    try:
+        keys = {p: cache_module.stage_keys("content", tiny_backbone, tiny_params(precision=p))
+                for p in ("auto", "fp32", "bf16")}
+    finally:
+        features.cpu_has_fast_bf16.cache_clear()
+    other = "fp32" if same_as == "bf16" else "bf16"
+    assert keys["auto"] == keys[same_as]
+    assert keys["auto"].features != keys[other].features

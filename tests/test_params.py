@@ -30,8 +30,9 @@ def test_live_settings_are_those_after_the_partition():
     ({"grouping": "kmeans", "overcluster": 12, "refine": "guided"}, set()),
 ])
 def test_cache_keys_follow_the_stages(tiny_backbone, change, changed):
-    before = stage_keys("content", tiny_backbone, Params(weights=None))
-    after = stage_keys("content", tiny_backbone, replace(Params(weights=None), **change))
+    base = Params(weights=None, precision="fp32")
+    before = stage_keys("content", tiny_backbone, base)
+    after = stage_keys("content", tiny_backbone, replace(base, **change))
     differ = {name for name in ("features", "partition", "embeddings")
               if getattr(before, name) != getattr(after, name)}
     assert differ == changed

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_datus import pipeline as pipeline_module
 from napari_datus import stages
 from napari_datus.core.errors import DatusError
 from napari_datus.pipeline import Params, array_sources, drive, run
@@ -99,3 +100,55 @@ def test_per_image_stages_get_one_blas_thread(tiny_backbone, monkeypatch):
     monkeypatch.setattr(stages, "adjacency", graph)
     drive(run(array_sources(blocky_images(2)), 2, tiny_params(), tiny_backbone))
     assert seen == [1, 1]
+
+
+def failing_sources(images: list[np.ndarray], bad: set[int]):
+    """Sources of ``images`` whose loaders at positions ``bad`` raise DatusError."""
+    def broken(stem: str):
+        def load():
+            raise DatusError(f"{stem} cannot be read")
+        return load
+
+    return [(stem, broken(stem) if i in bad else load)
+            for i, (stem, load) in enumerate(array_sources(images))]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_batches_keep_input_order_and_skip_bad_images(tiny_backbone, tmp_path, monkeypatch,
+                                                      cached):
+    from napari_datus.cache import FeatureCache
+    from napari_datus.core import features
+
+    forwards = []
+    original = features.extract_features_batch
+    monkeypatch.setattr(pipeline_module, "extract_features_batch",
+                        lambda bb, ims, p: forwards.append(len(ims)) or original(bb, ims, p))
+    images = blocky_images(11)
+    sources = failing_sources(images, {1, 6})
+    params = tiny_params(batch_size=4)
+    cache = FeatureCache(tmp_path) if cached else None
+    events = []
+    result = drive(run(sources, len(sources), params, tiny_backbone, cache=cache),
+                   events.append)
+    stems = [s for s, _ in sources]
+    # One forward per chunk of 4 consecutive sources, for the images that could be read.
+    assert forwards == [3, 3, 3]
+    assert [r.stem for r in result.results] == [s for i, s in enumerate(stems) if i not in (1, 6)]
+    assert [s.file for s in result.skipped] == [stems[1], stems[6]]
+    assert "cannot be read" in result.skipped[0].reason
+    segments = [e for e in events if e.stage == "segments"]
+    assert [e.index for e in segments] == list(range(1, 12))
+    assert [e.stem for e in segments] == stems
+
+
+def test_batched_features_give_the_stages_of_single_images(tiny_backbone):
+    from napari_datus.pipeline import segment_image
+
+    images = blocky_images(5)
+    params = tiny_params(batch_size=8, precision="fp32")
+    batched = drive(run(array_sources(images), 5, params, tiny_backbone))
+    for image, result in zip(images, batched.results):
+        single = segment_image(image, tiny_backbone, params, result.stem)
+        assert single.shape == result.shape
+        np.testing.assert_array_equal(single.partition, result.partition)
+        np.testing.assert_allclose(single.embeddings, result.embeddings, atol=1e-5)

@@ -49,7 +49,7 @@ import platformdirs
 from napari_datus import __version__
 from napari_datus.core.atomic import atomic_path
 from napari_datus.core.choices import CACHE_ENV
-from napari_datus.core.features import PatchFeatures
+from napari_datus.core.features import PatchFeatures, effective_precision
 from napari_datus.io.images import read_image
 
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ if TYPE_CHECKING:
 # Bump when a stage's output changes for the same inputs, to orphan old entries.
 # 2: partition entries hold the connected components too.
 # 3: images are decoded as displayed (EXIF orientation applied).
-CACHE_FORMAT = 3
+# 4: the key holds the effective precision (auto resolved); bf16 means bf16 weights and
+#    inputs, not autocast; the keys forward runs in batches.
+CACHE_FORMAT = 4
 # Reading an entry that is truncated, not an npz or missing arrays raises one of these.
 _BAD_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
@@ -141,7 +143,7 @@ def backbone_fingerprint(backbone: Backbone | LazyBackbone) -> str:
     if identity is None:
         identity = digest(_state_dict_hash(backbone.model), backbone.name, backbone.patch_size,
                           backbone.embed_dim, backbone.num_prefix_tokens, backbone.input_size)
-    # bf16 autocast on CUDA gives other features than float32 on CPU.
+    # CUDA kernels round differently from CPU ones, whatever the precision.
     return digest(identity, backbone.device_type)
 
 
@@ -168,9 +170,17 @@ def stage_keys(content: str, backbone: Backbone | LazyBackbone, params: Params) 
         :func:`image_key` or :func:`file_key` of the image.
     """
     features = digest(CACHE_FORMAT, __version__, content, backbone_fingerprint(backbone),
-                      params.settings_of("features"))
+                      feature_settings(params, backbone.device_type))
     partition = digest(features, params.settings_of("graph"))
     return StageKeys(features, partition, digest(partition, params.settings_of("embedding")))
+
+
+def feature_settings(params: Params, device_type: str) -> list[tuple[str, Any]]:
+    """The ``features`` settings of ``params`` as a key holds them: the precision as it runs
+    on ``device_type`` (:func:`~napari_datus.core.features.effective_precision`), so that
+    ``auto`` and the precision it resolves to share entries."""
+    return [(name, effective_precision(device_type, value) if name == "precision" else value)
+            for name, value in params.settings_of("features")]
 
 
 class ComponentEmbeddings:

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_datus.cache import FeatureCache, ImageFile, StageKeys, file_key, image_key, stage_keys
+from napari_datus.cache import (
+    FeatureCache,
+    ImageFile,
+    StageKeys,
+    StoredPartition,
+    file_key,
+    image_key,
+    stage_keys,
+)
 from napari_datus.core.features import PatchFeatures, extract_features, resize_image
 from napari_datus.core.segments import Segments, connected_components, split_components
 from napari_datus.io.images import check_pixel_limit
@@ -65,22 +73,58 @@ class CachedInputs:
         return image
 
     @cached_property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the decoded image."""
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    @cached_property
     def resized(self) -> torch.Tensor:
         with self.timer("keys"):
             return resize_image(self.image, self.params.resolution)
 
+    def prepare_forward(self) -> None:
+        """Decode and resize the image ahead of a batched forward, keeping only its size
+        and the resized copy (a batch waiting its turn holds no full-size images)."""
+        _ = self.shape, self.resized
+        self.__dict__.pop("image", None)
+
+    def finish(self) -> ImageResult:
+        """Stages 1-5 of this source (:func:`segment_inputs`)."""
+        return segment_inputs(self)
+
+    @cached_property
+    def stored_partition(self) -> StoredPartition | None:
+        """The cached partition of this source, or None on a miss (read once)."""
+        with self.timer("cache"):
+            return self.cache.partition(self.keys.partition, grid=self.grid)
+
+    @cached_property
+    def stored_features(self) -> PatchFeatures | None:
+        """The cached patch features of this source, or None on a miss (read once)."""
+        with self.timer("cache"):
+            return self.cache.features(self.keys.features, grid=self.grid,
+                                       dim=self.backbone.embed_dim)
+
+    @property
+    def needs_forward(self) -> bool:
+        """Whether stages 1-5 will run the ViT: neither the partition nor the features are
+        stored (a new tau whose components need embedding may still run it later)."""
+        return self.stored_partition is None and self.stored_features is None
+
     @cached_property
     def features(self) -> PatchFeatures:
-        with self.timer("cache"):
-            features = self.cache.features(self.keys.features, grid=self.grid,
-                                           dim=self.backbone.embed_dim)
-        if features is None:
-            with self.timer("keys"):
-                features = extract_features(self.backbone, self.resized,
-                                            self.params.precision)
-            with self.timer("cache"):
-                self.cache.put_features(self.keys.features, features)
+        if self.stored_features is not None:
+            return self.stored_features
+        with self.timer("keys"):
+            features = extract_features(self.backbone, self.resized, self.params.precision)
+        self.set_features(features)
         return features
+
+    def set_features(self, features: PatchFeatures) -> None:
+        """Give this source the features a batched forward computed, and store them."""
+        self.__dict__["features"] = features
+        with self.timer("cache"):
+            self.cache.put_features(self.keys.features, features)
 
 
 def segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackbone,
@@ -91,26 +135,31 @@ def segment_cached(stem: str, load: Callable[[], np.ndarray], backbone: AnyBackb
     the decoding); its stored components are split for this tau and only components never
     embedded before are embedded.
     """
-    inputs = CachedInputs(stem, load, backbone, params, timer, cache)
-    with timer("cache"):
-        stored = cache.partition(inputs.keys.partition, grid=inputs.grid)
+    return segment_inputs(CachedInputs(stem, load, backbone, params, timer, cache))
+
+
+def segment_inputs(inputs: CachedInputs) -> ImageResult:
+    """:func:`segment_cached` for a source's :class:`CachedInputs` (whose features a batched
+    forward may have set)."""
+    params, timer, cache = inputs.params, inputs.timer, inputs.cache
+    stored = inputs.stored_partition
     if stored is None:
         partition = partition_features(inputs.features, params, timer)
-        shape = (int(inputs.image.shape[0]), int(inputs.image.shape[1]))
+        shape = inputs.shape
         with timer("segments"):
             components = connected_components(partition)
         with timer("cache"):
             cache.put_partition(inputs.keys.partition, partition, shape, components)
     else:
         partition, shape, components = stored
-        if isinstance(load, ImageFile):
+        if isinstance(inputs.load, ImageFile):
             # The file was never decoded, so the pixel limit is checked here.
-            check_pixel_limit(load.path, shape)
+            check_pixel_limit(inputs.load.path, shape)
     with timer("segments"):
         segments = split_components(components, params.tau)
     with timer("embeddings"):
         embeddings = cached_embeddings(inputs, segments)
-    return ImageResult(stem=stem, shape=shape, partition=partition, segments=segments,
+    return ImageResult(stem=inputs.stem, shape=shape, partition=partition, segments=segments,
                        embeddings=embeddings)
 
 

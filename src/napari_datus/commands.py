@@ -20,7 +20,7 @@ from tqdm import tqdm
 from napari_datus.cache import FeatureCache, file_sources
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
-from napari_datus.core.features import check_resolution
+from napari_datus.core.features import check_resolution, effective_precision
 from napari_datus.core.lazy_backbone import LazyBackbone
 from napari_datus.distributed import dask_client, segment_images
 from napari_datus.evaluation import GroundTruthFormat, Scorer
@@ -132,7 +132,8 @@ def run_command(args: argparse.Namespace) -> dict:
         record = RunRecord(
             run_id=writer.run_id,
             command=command_line(),
-            params={**params.to_dict(), **backbone.provenance()},
+            params={**params.to_dict(), **backbone.provenance(),
+                    "precision_used": effective_precision(backbone.device_type, params.precision)},
             device=backbone.device_name,
             versions=package_versions(),
             timings=timer.seconds,

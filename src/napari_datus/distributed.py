@@ -1,8 +1,10 @@
 """Stages 1-5 on a dask.distributed cluster; k-means stays on the client.
 
 The client builds the model (a lazy backbone's too) and sends it to every worker once (so
-the weights file need not exist on the workers), submits one task per image (each worker
-reads its own images), and gathers the small per-image results (patch-grid maps and segment
+the weights file need not exist on the workers), submits one task per chunk of consecutive
+images (each worker reads its own images; the chunks are those a single process forwards in
+one batch, :func:`napari_datus.pipeline.source_chunks`, so the features are those of a
+single-process run), and gathers the small per-image results (patch-grid maps and segment
 embeddings) back **in input order**: k-means then sees exactly the rows of a single-process
 run, so for the same seed the results are identical, provided the float reductions agree,
 i.e. workers and client run torch with the same thread count (dask's nanny starts workers
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from napari_datus.cache import FeatureCache
-from napari_datus.core.errors import DatusError, SetupError
+from napari_datus.core.errors import DatusError
 from napari_datus.core.features import check_resolution
 from napari_datus.core.lazy_backbone import LazyBackbone, loaded
 from napari_datus.pipeline import (
@@ -27,8 +29,10 @@ from napari_datus.pipeline import (
     Progress,
     Skipped,
     Timer,
+    feature_batch,
+    segment_chunk,
     segment_dataset,
-    segment_source,
+    source_chunks,
 )
 
 if TYPE_CHECKING:
@@ -100,9 +104,10 @@ def segment_dataset_dask(
     backbone: Backbone | LazyBackbone, params: Params, timer: Timer | None = None,
     cache: FeatureCache | None = None,
 ) -> Generator[Progress, None, tuple[list[ImageResult], list[Skipped]]]:
-    """Stages 1-5 over a dataset, one dask task per image.
+    """Stages 1-5 over a dataset, one dask task per chunk of images (the batches of the
+    keys forward).
 
-    Yields a :class:`Progress` as each image finishes (in completion order); returns
+    Yields a :class:`Progress` as each image finishes (chunks in completion order); returns
     ``(results, skipped)`` in input order. Worker seconds per stage are added to ``timer``.
     Closing the generator (a cancelled napari worker) cancels the tasks left.
     """
@@ -112,21 +117,25 @@ def segment_dataset_dask(
     check_resolution(params.resolution, backbone.patch_size)
     timer = timer or Timer()
     remote_backbone = client.scatter(loaded(backbone), broadcast=True)
-    futures = [client.submit(_segment_task, stem, load, remote_backbone, params, cache,
-                             pure=False) for stem, load in sources]
+    chunks = source_chunks(sources, feature_batch(params))
+    futures = [client.submit(_segment_task, chunk, remote_backbone, params, cache, pure=False)
+               for chunk in chunks]
     position = {future.key: index for index, future in enumerate(futures)}
-    outcomes: dict[int, ImageResult | Skipped] = {}
+    outcomes: dict[int, list[ImageResult | Skipped]] = {}
+    done = 0
     try:
-        for done, future in enumerate(as_completed(futures), start=1):
-            outcome, seconds = future.result()
+        for future in as_completed(futures):
+            chunk, seconds = future.result()
             for stage, value in seconds.items():
                 timer.seconds[stage] = timer.seconds.get(stage, 0.0) + value
-            outcomes[position[future.key]] = outcome
-            yield Progress("segments", done, total, _stem(outcome),
-                           outcome if isinstance(outcome, ImageResult) else None)
+            outcomes[position[future.key]] = chunk
+            for outcome in chunk:
+                done += 1
+                yield Progress("segments", done, total, _stem(outcome),
+                               outcome if isinstance(outcome, ImageResult) else None)
     finally:
         client.cancel([f for i, f in enumerate(futures) if i not in outcomes])
-    ordered = [outcomes[index] for index in range(len(futures))]
+    ordered = [o for index in range(len(futures)) for o in outcomes[index]]
     return ([o for o in ordered if isinstance(o, ImageResult)],
             [o for o in ordered if isinstance(o, Skipped)])
 
@@ -135,13 +144,10 @@ def _stem(outcome: ImageResult | Skipped) -> str:
     return outcome.stem if isinstance(outcome, ImageResult) else outcome.file
 
 
-def _segment_task(stem: str, load, backbone: Backbone, params: Params,
-                  cache: FeatureCache | None) -> tuple[ImageResult | Skipped, dict[str, float]]:
-    """One image on a worker: its result (or why it was skipped) and seconds per stage."""
+def _segment_task(chunk: list[tuple[int, ImageSource]], backbone: Backbone, params: Params,
+                  cache: FeatureCache | None
+                  ) -> tuple[list[ImageResult | Skipped], dict[str, float]]:
+    """One chunk on a worker: each image's result (or why it was skipped), seconds per
+    stage."""
     timer = Timer()
-    try:
-        return segment_source(stem, load, backbone, params, timer, cache), timer.seconds
-    except SetupError:
-        raise
-    except DatusError as exc:
-        return Skipped(file=stem, reason=str(exc)), timer.seconds
+    return segment_chunk(chunk, backbone, params, cache, timer), timer.seconds

@@ -109,7 +109,8 @@ class Params:
     fill_noise: bool = _setting(False, "clustering")
     # Neighbours per patch for the tokens-knn / keys-knn affinities.
     knn: int = _setting(16, "graph")
-    # ViT arithmetic (core.features.uses_bf16): auto = bf16 autocast on CUDA, float32 on CPU.
+    # ViT arithmetic (core.features.effective_precision): auto = bf16 weights and inputs on a
+    # CPU with AMX or AVX512-BF16 and on CUDA (fp16 without bf16), float32 on other CPUs.
     precision: str = _setting("auto", "features")
     # How the patch-grid pseudo mask reaches image size: "none" = nearest (the paper's),
     # "guided" = edges snapped to the image by a guided filter (core.refine).

@@ -63,7 +63,7 @@ def test_crop_cls_without_a_class_token_pools_the_patch_tokens(pool):
     segments = np.zeros((4, 4), dtype=np.int32)
     segments[:, :2] = 1
     image = torch.rand(3, 32, 32)
-    emb = crop_cls_embeddings(backbone, image, segments)
+    emb = crop_cls_embeddings(backbone, image, segments, precision="fp32")
     (crop,) = masked_crops(image, segments, 8, 32)
     with torch.inference_mode():
         tokens = net.forward_features(normalize(crop[None]))
@@ -78,5 +78,5 @@ def test_crop_cls_is_the_class_token(tiny_backbone):
     (crop,) = masked_crops(image, segments, 8, 32)
     with torch.inference_mode():
         cls = tiny_backbone.model.forward_features(normalize(crop[None]))[:, 0]
-    emb = crop_cls_embeddings(tiny_backbone, image, segments)
+    emb = crop_cls_embeddings(tiny_backbone, image, segments, precision="fp32")
     np.testing.assert_allclose(emb, l2_normalize(cls.numpy()), atol=1e-6)
