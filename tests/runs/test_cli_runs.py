@@ -214,3 +214,12 @@ def test_interrupted_denoise_keeps_the_run(finished, capsys, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         denoise_run.denoise_run(finished, commands.DenoiseConfig(epochs=1, device="cpu"))
     assert tree(finished) == before
+
+
+def test_an_image_without_ground_truth_gets_a_warning_line(tiny_cli, folder, capsys):  # noqa: F811
+    (folder / "gt" / "im1.png").unlink()
+    code, err = datus(capsys, "run", folder / "images", "--out", folder / "out", "--gt",
+                      folder / "gt", "--gt-format", "suim8", *TINY_ARGS)
+    assert code == 0
+    lines = [line for line in err.splitlines() if "im1" in line and "warning" in line]
+    assert len(lines) == 1 and "no ground-truth file" in lines[0]
