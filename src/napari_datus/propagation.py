@@ -161,18 +161,18 @@ def _decode(path: Path, fmt: str, table: ClassMap | None) -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-class RunFeatures:
-    """Patch features (and segments, for the segment vote) of a run's images via the cache."""
+class ImageFeatures:
+    """Patch features (and segments, for the segment vote) of image files via the cache."""
 
-    def __init__(self, folder: RunFolder, backbone, cache: FeatureCache,
+    def __init__(self, files: dict[str, Path], params: Params, backbone, cache: FeatureCache,
                  config: PropagateConfig) -> None:
-        self.folder, self.backbone, self.cache, self.config = folder, backbone, cache, config
-        self.params = run_params(folder)
+        self.files, self.params, self.backbone = files, params, backbone
+        self.cache, self.config = cache, config
         self.timer = Timer()
 
     def of(self, stem: str) -> tuple[np.ndarray, int, np.ndarray | None]:
         """``(g*g, D)`` features, grid side g and ``(g, g)`` segments (None without vote)."""
-        load = ImageFile(self.folder.image(stem))
+        load = ImageFile(self.files[stem])
         inputs = CachedInputs(stem, load, self.backbone, self.params, self.timer, self.cache)
         feats = inputs.features
         segments = None
@@ -181,6 +181,27 @@ class RunFeatures:
                                       self.cache).segments.valid
         return (patch_features(feats.tokens, feats.keys, self.config.features), feats.grid,
                 segments)
+
+
+def run_features(folder: RunFolder, backbone, cache: FeatureCache,
+                 config: PropagateConfig) -> ImageFeatures:
+    """The features of a run's images, by the run's settings."""
+    return ImageFeatures({s: folder.image(s) for s in folder.stems}, run_params(folder),
+                         backbone, cache, config)
+
+
+def iter_propagate_images(
+    features: ImageFeatures, masks: dict[str, np.ndarray], n_classes: int, targets: list[str],
+    refine: str,
+) -> Generator[Progress, None, dict[str, np.ndarray]]:
+    """Train on ``masks`` (stem -> (H, W) uint8 class ids, 255 = not labelled) and label
+    the ``targets``; yields Progress; returns stem -> (H, W) uint8 class mask."""
+    propagator = yield from train(masks, n_classes, features)
+    out = {}
+    for index, stem in enumerate(targets, start=1):
+        out[stem] = predict_mask(stem, features, propagator, refine)
+        yield Progress("propagate", index, len(targets), stem)
+    return out
 
 
 def iter_propagate(
@@ -206,9 +227,9 @@ def iter_propagate(
                          f" ({', '.join(lost[:3])}); propagation reads their features")
     labels = read_labels(folder, labels_dir, label_format)
     existing = runs_read.read_metrics(folder)
-    features = RunFeatures(folder, backbone, cache, config)
+    features = run_features(folder, backbone, cache, config)
     with RunWriter(folder.out, update=True) as writer:
-        propagator = yield from _train(labels, features, config)
+        propagator = yield from train(labels.masks, len(labels.names), features)
         scorer = _scorer(folder, labels)
         written = yield from _label_all(folder, labels, features, propagator, refine,
                                         writer, scorer)
@@ -229,19 +250,20 @@ def iter_propagate(
     return PropagateResult(written, sorted(labels.masks), metrics, time.perf_counter() - start)
 
 
-def _train(labels: Labels, features: RunFeatures, config: PropagateConfig,
-           ) -> Generator[Progress, None, Propagator]:
+def train(masks: dict[str, np.ndarray], n_classes: int, features: ImageFeatures,
+          ) -> Generator[Progress, None, Propagator]:
+    """Fit the classifier on the patches of the labelled images; yields Progress."""
     xs, counts = [], []
-    for index, (stem, mask) in enumerate(sorted(labels.masks.items()), start=1):
+    for index, (stem, mask) in enumerate(sorted(masks.items()), start=1):
         feats, grid, _ = features.of(stem)
         xs.append(feats)
-        counts.append(patch_counts(mask, grid, len(labels.names)))
-        yield Progress("train", index, len(labels.masks), stem)
-    x, y = training_set(xs, counts, config.min_labelled)
-    return Propagator(config, len(labels.names)).fit(x, y)
+        counts.append(patch_counts(mask, grid, n_classes))
+        yield Progress("train", index, len(masks), stem)
+    x, y = training_set(xs, counts, features.config.min_labelled)
+    return Propagator(features.config, n_classes).fit(x, y)
 
 
-def _label_all(folder: RunFolder, labels: Labels, features: RunFeatures,
+def _label_all(folder: RunFolder, labels: Labels, features: ImageFeatures,
                propagator: Propagator, refine: str, writer: RunWriter,
                scorer: Scorer | None) -> Generator[Progress, None, list[Path]]:
     written = []
@@ -261,14 +283,14 @@ def _label_all(folder: RunFolder, labels: Labels, features: RunFeatures,
     return written
 
 
-def predict_mask(stem: str, features: RunFeatures, propagator: Propagator,
+def predict_mask(stem: str, features: ImageFeatures, propagator: Propagator,
                  refine: str) -> np.ndarray:
     """(H, W) uint8 class mask of one image of the run, every pixel labelled."""
     feats, grid, segments = features.of(stem)
     scores_ = propagator.scores(feats)
     if segments is not None:
         scores_ = segment_vote(scores_, segments, features.config.segment_vote)
-    path = features.folder.image(stem)
+    path = features.files[stem]
     image = read_image(path) if refine != "none" else None
     shape = image.shape[:2] if image is not None else image_size(path)
     return scores_to_mask(scores_, grid, shape, refine, image)
