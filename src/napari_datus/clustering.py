@@ -5,12 +5,12 @@ The grouping itself is in :mod:`napari_datus.core.grouping` (``merge``, the defa
 cache: the overclusterings of ``merge`` do not depend on K, so they are stored, keyed by
 the exact embeddings and k-means settings. A re-run with another K (the ``datus run
 --clusters`` re-run, the napari K field) then only merges, without a k-means and without
-importing scikit-learn; the labels are those a fresh run computes.
+importing faiss; the labels are those a fresh run computes.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -88,8 +88,9 @@ def cached_overclusterings(stacked: np.ndarray, weights: np.ndarray | None, para
     if cache is None or not cache.enabled:
         return overclusterings(stacked, params.overcluster, params.seed, params.n_init,
                                weights, RESTARTS)
-    # scikit-learn's version is in the key: another release may place the centres elsewhere.
-    key = digest("overclusterings", version("scikit-learn"),
+    # The k-means library and its version are in the key: another release may place the
+    # centres elsewhere.
+    key = digest("overclusterings", "faiss", faiss_version(),
                  np.ascontiguousarray(stacked).tobytes(), stacked.shape, str(stacked.dtype),
                  None if weights is None else weights.tobytes(),
                  params.overcluster, params.seed, params.n_init, RESTARTS)
@@ -100,3 +101,15 @@ def cached_overclusterings(stacked: np.ndarray, weights: np.ndarray | None, para
         cache.put_overclusterings(key, fine)
     return fine
 
+
+
+def faiss_version() -> str:
+    """The installed faiss's version, from the package metadata (without importing faiss)."""
+    for name in ("faiss-cpu", "faiss-gpu", "faiss"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    import faiss  # a build without pip metadata (conda, from source)
+
+    return faiss.__version__

@@ -89,28 +89,9 @@ def test_kept_overclusterings_give_the_labels_of_a_fresh_run(rng):
     weights = rng.uniform(1, 5, x.shape[0])
     fine = overclusterings(x, 16, seed=2, n_init=2, weights=weights)
     assert fine.shape == (5, x.shape[0]) and fine.dtype == np.uint8
-    for labels, seed in zip(fine, restart_seeds(2, 5)):  # run in threads, same as one by one
+    for labels, seed in zip(fine, restart_seeds(2, 5)):
         np.testing.assert_array_equal(labels, cluster_segments(x, 16, seed, 2, weights))
     for k in (2, 3, 4):
         np.testing.assert_array_equal(
             overcluster_merge(x, k, 16, seed=2, n_init=2, weights=weights, fine=fine),
             overcluster_merge(x, k, 16, seed=2, n_init=2, weights=weights))
-
-
-def test_overclusterings_run_in_parallel_with_blas_held_at_one_thread(rng, monkeypatch):
-    # scikit-learn restores BLAS threads after each fit; with fits in parallel that would give
-    # OpenBLAS its full thread count inside another fit's OpenMP loop (it warns it may hang).
-    from threadpoolctl import threadpool_info
-
-    from napari_datus.core import grouping
-
-    seen = []
-
-    def recording(*args, **kwargs):
-        seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
-        return cluster_segments(*args, **kwargs)
-
-    monkeypatch.setattr(grouping, "cluster_segments", recording)
-    x, _ = blobs(rng, np.eye(4), n=10)
-    overclusterings(x, 8, seed=0, n_init=1)
-    assert seen == [1] * 5

@@ -25,6 +25,49 @@ def test_kmeans_is_seeded_and_finds_separated_groups(rng):
     np.testing.assert_array_equal(labels, cluster_segments(x, 2, seed=4))
 
 
+# Labels of a seeded k-means in a new process with another OpenMP thread count.
+FRESH_PROCESS = """
+import numpy as np
+from napari_datus.core.pseudolabel import cluster_segments
+x = np.random.default_rng(7).normal(size=(600, 64)).astype(np.float32)
+w = np.random.default_rng(8).uniform(1, 4, 600)
+print(cluster_segments(x, 48, seed=3, n_init=4, weights=w).tobytes().hex())
+"""
+
+
+def test_kmeans_gives_the_same_labels_run_to_run():
+    import os
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(7).normal(size=(600, 64)).astype(np.float32)
+    w = np.random.default_rng(8).uniform(1, 4, 600)
+    labels = cluster_segments(x, 48, seed=3, n_init=4, weights=w)
+    assert labels.dtype == np.uint8 and labels.shape == (600,) and len(set(labels)) > 40
+    np.testing.assert_array_equal(labels, cluster_segments(x, 48, seed=3, n_init=4, weights=w))
+    assert not np.array_equal(labels, cluster_segments(x, 48, seed=4, n_init=4, weights=w))
+    for threads in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": threads},
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == labels.tobytes().hex()
+
+
+def test_kmeans_weights_count():
+    x = np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32)
+    plain = cluster_segments(x, 12, seed=0, n_init=2)
+    np.testing.assert_array_equal(cluster_segments(x, 12, 0, 2, np.ones(300)), plain)
+    heavy = np.where(np.arange(300) < 30, 100.0, 1.0)
+    assert not np.array_equal(cluster_segments(x, 12, 0, 2, heavy), plain)
+
+
+def test_many_centres_for_few_segments_print_no_warning(capfd):
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    assert len(set(cluster_segments(x, 30, seed=0, n_init=2))) > 20
+    assert "WARNING" not in capfd.readouterr().err
+
+
 def test_paint_keeps_noise_unlabelled():
     segments = np.array([[0, 1], [2, 2]])
     np.testing.assert_array_equal(paint_grid(segments, np.array([3, 1])),
