@@ -62,3 +62,18 @@ def test_dataset_score_is_the_mean_of_images():
 def test_shapes_must_agree():
     with pytest.raises(DatusError, match="differs"):
         boundary_counts(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_boundaries_equal_scikit_images_thick_boundaries():
+    # Kept over find_boundaries: the same pixels, about 20x faster on 512x512 masks.
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        h, w, k = int(rng.integers(1, 60)), int(rng.integers(1, 60)), int(rng.integers(1, 8))
+        labels = rng.integers(0, k, (h, w))
+        if i % 2:
+            blocks = rng.integers(0, k, (h // 5 + 1, w // 5 + 1))
+            labels = np.kron(blocks, np.ones((5, 5), dtype=int))[:h, :w]
+        np.testing.assert_array_equal(boundaries(labels),
+                                      find_boundaries(labels, mode="thick", connectivity=1))

@@ -48,3 +48,35 @@ def test_stored_components_split_as_the_partition_does():
         np.testing.assert_array_equal(a.valid, b.valid)
         np.testing.assert_array_equal(a.sizes, b.sizes)
         assert a.n_noise == b.n_noise
+
+
+def random_grids(n: int = 300, seed: int = 0):
+    """Random label grids, half of them blocky (large runs), of random sides and counts."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        g, k = int(rng.integers(1, 40)), int(rng.integers(1, 8))
+        grid = rng.integers(0, k, (g, g))
+        if i % 2:
+            blocks = rng.integers(0, k, (g // 4 + 1, g // 4 + 1))
+            grid = np.kron(blocks, np.ones((4, 4), dtype=int))[:g, :g]
+        yield grid
+
+
+def test_components_are_scikit_images_8_connected_labels_in_raster_order():
+    from scipy import ndimage
+
+    for grid in random_grids():
+        components = connected_components(grid)
+        assert components.dtype == np.int32 and components.min() == 1
+        # Numbered by first appearance in raster order.
+        _, first = np.unique(components.ravel(), return_index=True)
+        assert np.all(np.diff(first) > 0)
+        # Each component lies in one community and is one 8-connected piece of it.
+        for c in range(1, int(components.max()) + 1):
+            inside = components == c
+            assert len(np.unique(grid[inside])) == 1
+            assert ndimage.label(inside, structure=np.ones((3, 3)))[1] == 1
+        # And every community's pieces are all there.
+        for community in np.unique(grid):
+            pieces = ndimage.label(grid == community, structure=np.ones((3, 3)))[1]
+            assert len(np.unique(components[grid == community])) == pieces
