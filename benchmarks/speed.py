@@ -27,11 +27,14 @@ Sections, all in one run so the figures share a machine state:
 4. **Process**: what a user waits for, each command a new process with its start-up and
    imports, on the first ``--process-images`` test images at 224 with the default (embedded)
    weights and settings and the machine's default thread count: ``datus run`` cold (empty
-   cache), ``datus run --clusters 7`` warm (every feature cached), ``datus --help``, and a
-   plain loop of ViT forwards over the same images (``benchmarks/plain_loop.py``: decode,
-   resize, one forward each at batch 1, its imports and model load included); the same two
-   under bf16 autocast; with ``--baseline DIR``, the same commands of another version of the
-   package. ``--rounds`` interleaved rounds; medians and ranges are reported.
+   cache), ``datus run --clusters 7`` warm (every feature cached), ``datus --help``,
+   ``datus run --precision fp32`` cold, and two plain loops of ViT forwards over the same
+   images (``benchmarks/plain_loop.py``: decode, resize, forward, its imports and model load
+   included): float32 at batch 1, and the fastest (bf16 weights and inputs at batch 8 where
+   the hardware has bf16); seconds per image of each stage of ``datus run`` from run.json;
+   with ``--baseline DIR``, the same commands of another version of the package;
+   ``--device cuda`` runs them on a GPU. ``--rounds`` interleaved rounds; medians and
+   ranges are reported.
 5. **Peak RSS** of ``datus run`` on a 1000-image folder (symlinks cycling through the test
    set, ``--no-cache``), in a fresh process.
 
@@ -60,7 +63,7 @@ from threadpoolctl import threadpool_limits
 
 from napari_datus.cache import FeatureCache, file_sources
 from napari_datus.core.backbone import Backbone, load_backbone
-from napari_datus.core.features import extract_features, resize_image
+from napari_datus.core.features import extract_features, forward_model, resize_image
 from napari_datus.core.graph import adjacency
 from napari_datus.core.partition import louvain, modularity
 from napari_datus.io.dataset import list_images
@@ -89,22 +92,27 @@ DENSE_AFFINITY = "keys-nobias"
 
 @contextmanager
 def forward_clock(backbone: Backbone, seconds: dict[str, float], bucket: str) -> Iterator[None]:
-    """Add the seconds spent in ``backbone.model.forward_features`` to ``seconds[bucket]``."""
-    original = backbone.model.forward_features
+    """Add the seconds spent in ``forward_features`` to ``seconds[bucket]``: of the backbone's
+    model (crop forwards) and of the bf16 copy the keys forward runs where ``auto`` picks it."""
+    models = {id(m): m for m in (backbone.model, forward_model(backbone, "auto"))}.values()
 
-    def timed(x: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        out = original(x)
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        seconds[bucket] = seconds.get(bucket, 0.0) + time.perf_counter() - start
-        return out
+    def clocked(original):
+        def timed(x: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = original(x)
+            if out.is_cuda:
+                torch.cuda.synchronize()
+            seconds[bucket] = seconds.get(bucket, 0.0) + time.perf_counter() - start
+            return out
+        return timed
 
-    backbone.model.forward_features = timed
+    for model in models:
+        model.forward_features = clocked(model.forward_features)
     try:
         yield
     finally:
-        del backbone.model.forward_features
+        for model in models:
+            del model.forward_features
 
 
 def retained_bytes(result: ImageResult) -> int:
@@ -266,13 +274,17 @@ def datus_run(images: Path, out: Path, args: list[str], env: dict[str, str]) -> 
     row = datus(["run", str(images), "--out", str(out), *args], env)
     inside = load_record(out)
     return {**row, "seconds_after_startup": inside.seconds_total,
-            "keys": inside.timings["keys"]}
+            "keys": inside.timings["keys"], "timings": inside.timings,
+            "images": len(inside.images),
+            "precision_used": inside.params.get("precision_used")}
 
 
-def plain_loop(images: Path, weights: Path, precision: str, env: dict[str, str]) -> dict:
+def plain_loop(images: Path, weights: Path, precision: str, batch: int, device: str,
+               env: dict[str, str]) -> dict:
     """Wall seconds of ``benchmarks/plain_loop.py`` in a fresh process, and its phases."""
     seconds, out, _ = run_process([sys.executable, str(PLAIN_LOOP), str(images), str(weights),
-                                   "--precision", precision], env)
+                                   "--precision", precision, "--batch", str(batch),
+                                   "--device", device], env)
     return {"seconds": seconds, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -285,15 +297,17 @@ def linked_folder(folder: Path, paths: list[Path], n: int) -> Path:
     return folder
 
 
-def process_benchmark(paths: list[Path], rounds: int, work: Path, bf16: bool = True,
-                      baseline: Path | None = None) -> dict:
-    """Section 4: the user's processes against a plain loop of forwards, ``rounds`` times.
+def process_benchmark(paths: list[Path], rounds: int, work: Path, fp32: bool = True,
+                      baseline: Path | None = None, device: str = "cpu") -> dict:
+    """Section 4: the user's processes against plain loops of forwards, ``rounds`` times.
 
     Each round runs every command once, in a fixed order, cold runs on an empty cache, so a
-    busy spell of a shared machine hits all rows alike; medians are reported. ``baseline``
+    busy spell of a shared machine hits all rows alike; medians are reported. The loops: the
+    float32 one at batch 1 (the pipeline before issue 22) and the fastest (``plain_loop.py``
+    defaults: bf16 weights and inputs at batch 8 where the hardware has bf16). ``baseline``
     is a folder holding another version of napari_datus (an older commit's ``src``, from
-    ``git archive``) whose float32 commands join every round; ``bf16`` adds the rows under
-    bf16 autocast.
+    ``git archive``) whose commands join every round; ``fp32`` adds ``datus run --precision
+    fp32``.
     """
     from napari_datus.core.weights import embedded_weights
 
@@ -303,46 +317,48 @@ def process_benchmark(paths: list[Path], rounds: int, work: Path, bf16: bool = T
     if baseline is not None:
         versions["_baseline"] = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(baseline), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    runs: dict[str, list[dict]] = {name: [] for name in process_rows(baseline, bf16)}
+    runs: dict[str, list[dict]] = {name: [] for name in process_rows(baseline, fp32)}
+    device_args = ["--device", device]
     for index in range(rounds):
         folder = work / f"round{index}"
-        runs["plain"].append(plain_loop(images, weights, "fp32", versions[""]))
+        runs["plain"].append(plain_loop(images, weights, "fp32", 1, device, versions[""]))
+        runs["plain_fast"].append(plain_loop(images, weights, "auto", 8, device, versions[""]))
         for suffix, env in versions.items():
             env["DATUS_CACHE_DIR"] = str(folder / f"cache{suffix}")
-            runs[f"cold{suffix}"].append(datus_run(images, folder / f"cold{suffix}", [], env))
+            runs[f"cold{suffix}"].append(datus_run(images, folder / f"cold{suffix}",
+                                                   device_args, env))
             runs[f"warm{suffix}"].append(datus_run(images, folder / f"warm{suffix}",
-                                                   ["--clusters", "7"], env))
+                                                   ["--clusters", "7", *device_args], env))
             runs[f"help{suffix}"].append(datus(["--help"], env))
-        if bf16:
-            env = {**versions[""], "DATUS_CACHE_DIR": str(folder / "cache_bf16")}
-            runs["plain_bf16"].append(plain_loop(images, weights, "bf16", env))
-            runs["cold_bf16"].append(datus_run(images, folder / "cold_bf16",
-                                               ["--precision", "bf16"], env))
+        if fp32:
+            env = {**versions[""], "DATUS_CACHE_DIR": str(folder / "cache_fp32")}
+            runs["cold_fp32"].append(datus_run(images, folder / "cold_fp32",
+                                               ["--precision", "fp32", *device_args], env))
     return {"images": len(paths), "rounds": rounds, "threads": runs["plain"][0]["threads"],
-            "baseline": str(baseline) if baseline else None, "runs": runs,
+            "device": device, "baseline": str(baseline) if baseline else None, "runs": runs,
             "median": {name: float(np.median([r["seconds"] for r in rows]))
                        for name, rows in runs.items()}}
 
 
 # Row name -> what it is, in the order of the table.
 PROCESS_ROWS = {
-    "plain": "plain loop of ViT forwards (decode, resize, forward; fp32)",
+    "plain": "plain loop of ViT forwards (decode, resize, forward; fp32, batch 1)",
+    "plain_fast": "plain loop, fastest: bf16 weights and inputs, batch 8 (fp32 without bf16)",
     "cold": "`datus run`, cold (empty cache)",
     "warm": "`datus run --clusters 7`, warm (every feature cached)",
     "help": "`datus --help`",
     "cold_baseline": "baseline `datus run`, cold",
     "warm_baseline": "baseline `datus run --clusters 7`, warm",
     "help_baseline": "baseline `datus --help`",
-    "plain_bf16": "plain loop of ViT forwards, bf16 autocast",
-    "cold_bf16": "`datus run --precision bf16`, cold",
+    "cold_fp32": "`datus run --precision fp32`, cold",
 }
 
 
-def process_rows(baseline: Path | None, bf16: bool) -> list[str]:
+def process_rows(baseline: Path | None, fp32: bool) -> list[str]:
     """The rows of :data:`PROCESS_ROWS` a run of section 4 has."""
     return [name for name in PROCESS_ROWS
             if (baseline is not None or not name.endswith("_baseline"))
-            and (bf16 or not name.endswith("_bf16"))]
+            and (fp32 or name != "cold_fp32")]
 
 
 def round_ratios(runs: dict[str, list[dict]], top: str, bottom: str) -> str:
@@ -427,41 +443,59 @@ def markdown(report: dict) -> str:
 
 
 def process_markdown(process: dict, flags: dict[str, bool]) -> list[str]:
-    """Section 4 as markdown: the table and the issue's three targets."""
+    """Section 4 as markdown: the table, seconds per image of each stage, the targets."""
     median = process["median"]
     have = ", ".join(f for f, present in flags.items() if present) or "none of them"
+    precision = next((r.get("precision_used") for r in process["runs"]["cold"]), None)
     lines = [f"The `datus` process as a user runs it: {process['images']} test images at 224,"
-             f" default weights and settings, {process['threads']} torch threads (the machine's"
-             " default); every command a new process, start-up and imports included; median of"
-             f" {process['rounds']} rounds, range in brackets. CPU flags present of"
-             f" {', '.join(CPU_FLAGS)}: {have}. `inside`: the keys stage (resize and forward)"
-             " of `datus run`, the forwards of the plain loop."
+             f" default weights and settings (precision ran: {precision}), device"
+             f" {process.get('device', 'cpu')}, {process['threads']} torch threads (the"
+             " machine's default); every command a new process, start-up and imports"
+             f" included; median of {process['rounds']} rounds, range in brackets. CPU flags"
+             f" present of {', '.join(CPU_FLAGS)}: {have}. `inside`: the keys stage (resize"
+             " and forward) of `datus run`, the forwards of the plain loops. `/ fastest"
+             " loop`: against the plain loop at the hardware's best (bf16 batch 8 here)."
              + (f" Baseline: napari_datus from {process['baseline']}." if process.get("baseline")
                 else "")
              + (f" This section: `{process['command']}`." if process.get("command") else ""),
              "",
-             "| run | seconds | / plain loop | / cold run | inside, s | peak RSS MiB |",
+             "| run | seconds | / fastest loop | / cold run | inside, s | peak RSS MiB |",
              "|---|---|---|---|---|---|"]
     for name, label in PROCESS_ROWS.items():
         if name not in process["runs"]:
             continue
         rows = process["runs"][name]
         seconds = [r["seconds"] for r in rows]
-        variant = next((v for v in ("_bf16", "_baseline") if name.endswith(v)), "")
+        variant = next((v for v in ("_fp32", "_baseline") if name.endswith(v)), "")
         inside = [r[k] for r in rows for k in ("keys", "forward") if k in r]
         rss = [r["peak_rss_mib"] for r in rows if "peak_rss_mib" in r]
-        plain = median["plain_bf16" if variant == "_bf16" else "plain"]
         cells = [label, f"{median[name]:.2f} [{min(seconds):.2f}-{max(seconds):.2f}]",
-                 f"{median[name] / plain:.2f}", f"{median[name] / median['cold' + variant]:.3f}",
+                 f"{median[name] / median['plain_fast']:.2f}",
+                 f"{median[name] / median['cold' + variant]:.3f}",
                  f"{np.median(inside):.2f}" if inside else "",
                  f"{np.median(rss):.0f}" if rss else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Targets (issue 14): cold run / plain loop"
-              f" {median['cold'] / median['plain']:.2f} (at most 1.3); warm re-run / cold run"
-              f" {median['warm'] / median['cold']:.3f} (at most 0.15); `datus --help`"
+    lines += ["", "Seconds per image of each stage inside `datus run` (run.json `timings`,"
+              " median over rounds; `cache` is reading and writing the feature cache, `read`"
+              " decodes on the reader thread, overlapping the others):", "",
+              "| run | " + " | ".join(STAGES + ("cache",)) + " | total after start-up |",
+              "|---" * (len(STAGES) + 3) + "|"]
+    for name in ("cold", "warm", "cold_fp32"):
+        rows = process["runs"].get(name)
+        if not rows:
+            continue
+        n = rows[0].get("images") or process["images"]
+        cells = [f"{np.median([r['timings'].get(stage, 0.0) for r in rows]) / n:.4f}"
+                 for stage in (*STAGES, "cache")]
+        total = np.median([r["seconds_after_startup"] for r in rows]) / n
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {total:.4f} |")
+    lines += ["", "Targets (issue 22): cold run / fastest loop"
+              f" {median['cold'] / median['plain_fast']:.2f} (at most 1.3); warm re-run / cold"
+              f" run {median['warm'] / median['cold']:.3f} (at most 0.15); `datus --help`"
               f" {median['help']:.2f} s (under 1 s).", "",
               "The same ratios within each round (commands of a round run back to back, so a"
-              " busy spell of the machine weighs less): cold / loop "
+              " busy spell of the machine weighs less): cold / fastest loop "
+              + round_ratios(process["runs"], "cold", "plain_fast") + "; cold / fp32 loop "
               + round_ratios(process["runs"], "cold", "plain") + "; warm / cold "
               + round_ratios(process["runs"], "warm", "cold") + "."]
     return lines
@@ -484,7 +518,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--process-images", type=int, default=24,
                         help="first N test images for section 4 (0 skips it)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of section 4")
-    parser.add_argument("--no-bf16", action="store_true", help="section 4 in float32 only")
+    parser.add_argument("--no-fp32", action="store_true",
+                        help="section 4 without `datus run --precision fp32`")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="device of the section 4 commands")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="section 4 also times napari_datus from DIR (e.g. an older"
                              " commit's src/ from git archive) in the same rounds")
@@ -515,7 +552,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["cache"] = cache_benchmark(paths, backbone, work / "cache")
         if args.process_images:
             report["process"] = process_benchmark(paths[: args.process_images], args.rounds,
-                                                  work, not args.no_bf16, args.baseline)
+                                                  work, not args.no_fp32, args.baseline,
+                                                  args.device)
         if args.large:
             report["large"] = large_benchmark(paths, args.weights, args.model, args.large,
                                               args.threads, work)
