@@ -143,3 +143,20 @@ def test_batched_features_equal_single_image_features(tiny_backbone, rng, precis
 
 def test_an_empty_batch_gives_no_features(tiny_backbone):
     assert extract_features_batch(tiny_backbone, []) == []
+
+
+def test_the_bf16_copy_takes_no_hooks_of_the_original(tiny_backbone, cpu_flags, rng):
+    cpu_flags("amx_bf16")
+    from napari_datus.core.features import _CAST_MODELS
+
+    _CAST_MODELS.pop(tiny_backbone.model, None)
+    seen = []
+    qkv = tiny_backbone.model.blocks[-1].attn.qkv
+    handle = qkv.register_forward_hook(lambda *_: seen.append(1))
+    try:
+        copy = forward_model(tiny_backbone, "bf16")
+    finally:
+        handle.remove()
+    extract_features(tiny_backbone, resize_image(rng.integers(0, 256, (32, 32, 3), np.uint8),
+                                                 32), "bf16")
+    assert seen == [] and not copy.blocks[-1].attn.qkv._forward_hooks

@@ -54,7 +54,7 @@ def test_extract_features_returns_bias_free_queries_and_values(tiny_backbone):
     seen: list[torch.Tensor] = []
     handle = qkv.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
     try:
-        feats = extract_features(tiny_backbone, image)
+        feats = extract_features(tiny_backbone, image, "fp32")
     finally:
         handle.remove()
     dim, prefix = tiny_backbone.embed_dim, tiny_backbone.num_prefix_tokens

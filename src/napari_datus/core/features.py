@@ -182,8 +182,17 @@ def forward_model(backbone: Backbone, precision: str = "auto") -> torch.nn.Modul
     with _MODEL_LOCK:
         copies = _CAST_MODELS.setdefault(model, {})
         if used not in copies:
-            copies[used] = copy.deepcopy(model).to(torch_dtype(used)).eval()
+            copies[used] = _without_hooks(copy.deepcopy(model)).to(torch_dtype(used)).eval()
         return copies[used]
+
+
+def _without_hooks(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with no forward hooks: a deep copy takes the hooks someone had registered
+    on the original at that moment, which would then live on in the copy for good."""
+    for module in model.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return model
 
 
 def extract_features(backbone: Backbone, image: torch.Tensor,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass
 class Segments:
     """Segments of one image on its patch grid.
