@@ -15,7 +15,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QGroupBox,
-    QHBoxLayout,
     QPushButton,
     QVBoxLayout,
 )
@@ -28,12 +27,13 @@ from napari_datus.core.errors import DatusError
 
 
 class ExportBox(QGroupBox):
-    """What to write (stage index masks, class annotations) and the Export button."""
+    """What to write (stage index masks, class annotations), and the Export button, which
+    the dock places beside Run."""
 
     def __init__(self, viewer: napari.Viewer, current_run: Callable[[], WidgetRun | None],
                  folders: FolderController,
                  may_replace: Callable[[Path, WidgetRun], bool]) -> None:
-        super().__init__("Export (datus run layout)")
+        super().__init__("Export… writes (datus run layout)")
         self.viewer = viewer
         self.current_run = current_run
         self.folders = folders
@@ -55,12 +55,9 @@ class ExportBox(QGroupBox):
                           " metrics of the exported masks; `datus denoise` accepts the"
                           " folder")
         button.clicked.connect(self._choose_folder)
-        row = QHBoxLayout()
-        row.addWidget(self.index)
-        row.addWidget(self.classes)
         layout = QVBoxLayout(self)
-        layout.addLayout(row)
-        layout.addWidget(button)
+        layout.addWidget(self.index)
+        layout.addWidget(self.classes)
 
     def export(self, folder: str | Path) -> list[Path]:
         """Write the chosen image's result layers (and metrics) to ``folder``, here and now.

@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (
 
 
 class FolderPanel(QWidget):
-    """``folder`` and ``out`` fields (objectNames as named) and the image navigator.
+    """``folder`` and ``out`` fields (objectNames as named), and the image navigator, which the
+    dock places under Run (it shows only while a folder run is on screen).
 
     Signals
     -------
@@ -56,7 +57,6 @@ class FolderPanel(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("folder", _with_browse(self.folder, self._browse_folder))
         form.addRow("out", _with_browse(self.out, self._browse_out))
-        form.addRow(self.navigator)
 
     def folder_path(self) -> Path | None:
         text = self.folder.text().strip()

@@ -21,11 +21,8 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -47,10 +44,13 @@ from napari_datus._widgets.qt import (
     ConfusionCanvas,
     LayerCombo,
     exit_cleanly,
+    fixed_top,
     on_destroyed,
-    scrolled_layout,
+    scrolled,
     set_image,
 )
+from napari_datus._widgets.scores_table import ScoresTable
+from napari_datus._widgets.suim_names import full_name, legend
 from napari_datus.core.choices import GT_FORMATS
 from napari_datus.core.errors import DatusError
 from napari_datus.io.masks import to_file_labels
@@ -64,7 +64,6 @@ METRIC_TERMS = (
     "pixel accuracy: share of labelled pixels whose matched class is right.\n"
     "coverage: share of pixels the pseudo mask labels (noise segments stay unlabelled).\n"
     "strict: the same figures with unlabelled pixels counted as wrong.")
-TABLE_COLUMNS = ("class", "IoU", "F1", "strict", "clusters")
 BLOCK_TITLES = {"initial": "initial pseudo masks", "denoised": "de-noised masks"}
 OUT_OF_DATE = ("out of date: the pseudo mask changed since these were computed (painting, a"
                " re-run with kept edits); press Compute metrics")
@@ -98,8 +97,8 @@ class MetricsWidget(QWidget):
         self.gt_format.addItems(GT_FORMATS)
         self.gt_layer.currentTextChanged.connect(lambda _name: self._guess_format())
         self._guess_format()
-        compute = QPushButton("Compute metrics")
-        compute.clicked.connect(self.compute)
+        self.compute_button = QPushButton("Compute metrics")
+        self.compute_button.clicked.connect(self.compute)
 
         form = QFormLayout()
         form.addRow("pseudo mask", self.run_layer)
@@ -109,25 +108,21 @@ class MetricsWidget(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setToolTip(METRIC_TERMS)
-        self.table = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
-        self.table.setToolTip(METRIC_TERMS)
-        self.table.verticalHeader().setVisible(False)
-        # Columns share the dock's width: no inner scroll bar, nothing cut off at the right.
-        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        for column in (0, len(TABLE_COLUMNS) - 1):  # class names and cluster lists
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        header.setMinimumSectionSize(30)
+        self.table = ScoresTable(METRIC_TERMS)
         self.heatmap = ConfusionCanvas()
+        self.legend = QLabel("")  # the SUIM codes spelled out
+        self.legend.setWordWrap(True)
 
-        layout = scrolled_layout(self)
-        layout.addLayout(form)
-        layout.addWidget(compute)
+        # Choosing and computing stay on screen; the results below scroll.
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        top = fixed_top(self, scrolled(content))
+        top.addLayout(form)
+        top.addWidget(self.compute_button)
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
         layout.addWidget(self.heatmap)
+        layout.addWidget(self.legend)
         self.classes = ClassTable(self.current_run, self._classes_changed)
         layout.addWidget(self.classes)
         layout.addWidget(self._qa_box())
@@ -239,6 +234,7 @@ class MetricsWidget(QWidget):
         # Without metrics the empty table and heatmap would push the class table down.
         self.table.setVisible(has_metrics)
         self.heatmap.setVisible(has_metrics)
+        self.legend.setText(legend(run.class_names) if has_metrics else "")
         if not has_metrics:
             self.summary.setText("" if run is None else "No metrics yet: choose ground truth"
                                  " and press Compute metrics (the class table below works"
@@ -252,16 +248,11 @@ class MetricsWidget(QWidget):
         self.table.setEnabled(not stale)
         self.heatmap.setEnabled(not stale)
         initial = run.metrics["initial"]
-        self.table.setRowCount(len(run.class_names))
-        for c, name in enumerate(run.class_names):
-            clusters = [k for k, m in initial["mapping"].items() if m == c]
-            cells = (name, _pct(initial["per_class_iou"][c]), _pct(initial["per_class_f1"][c]),
-                     _pct(initial["strict"]["per_class_iou"][c]), ", ".join(clusters) or "-")
-            for column, text in enumerate(cells):
-                self.table.setItem(c, column, QTableWidgetItem(text))
-        # Show every class without an inner scroll bar.
-        rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
-        self.table.setFixedHeight(self.table.horizontalHeader().height() + rows + 2)
+        self.table.show_rows([
+            (name, _pct(initial["per_class_iou"][c]), _pct(initial["per_class_f1"][c]),
+             _pct(initial["strict"]["per_class_iou"][c]),
+             ", ".join(k for k, m in initial["mapping"].items() if m == c) or "-")
+            for c, name in enumerate(run.class_names)])
         self.heatmap.show_confusion(np.asarray(initial["confusion"]), initial["mapping"],
                                     run.class_names)
 
@@ -301,7 +292,10 @@ class MetricsWidget(QWidget):
     def _fill_classes(self, run: WidgetRun, info: SegmentInfo) -> None:
         """The reassign choices: the run's classes, the segment's own selected."""
         self.new_class.clear()
-        self.new_class.addItems([c.name for c in run.class_map.classes])
+        for c in run.class_map.classes:
+            self.new_class.addItem(c.name)
+            self.new_class.setItemData(self.new_class.count() - 1, full_name(c.name),
+                                       Qt.ItemDataRole.ToolTipRole)
         current = None if info.cluster is None else run.class_map.class_of(info.cluster)
         if current is not None:
             self.new_class.setCurrentIndex(current)

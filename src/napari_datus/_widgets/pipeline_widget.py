@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QTabWidget,
     QWidget,
 )
 
@@ -53,7 +54,13 @@ from napari_datus._widgets.layer_jobs import (
 from napari_datus._widgets.layers import LAYER_TERMS, add_result_layers, run_of, stack_of
 from napari_datus._widgets.model import WidgetRun
 from napari_datus._widgets.propagate_box import PropagateBox
-from napari_datus._widgets.qt import LayerCombo, exit_cleanly, scrolled_layout
+from napari_datus._widgets.qt import (
+    LayerCombo,
+    exit_cleanly,
+    fixed_top,
+    scrolled,
+    tab_page,
+)
 from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
@@ -127,31 +134,33 @@ class PipelineWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setToolTip(LAYER_TERMS)
         self.run_button.setToolTip(LAYER_TERMS)
-
-        layout = scrolled_layout(self)
-        layout.addLayout(form)
-        layout.addLayout(self.settings)
-        layout.addWidget(self.folder_panel)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
         self.exporter = ExportBox(self.viewer, self.current_run, self.folders,
                                   self._may_replace)
         self.export_index, self.export_classes = self.exporter.index, self.exporter.classes
-        layout.addWidget(self.exporter)
         self.propagator = PropagateBox(self.viewer, self.folders, self._load_backbone,
                                        self._cache)
-        layout.addWidget(self.propagator)
-        open_metrics = QPushButton("Metrics and segment QA…")
+        open_metrics = QPushButton("Metrics…")
+        open_metrics.setToolTip("open the DatUS metrics dock: scores against ground truth,"
+                                " the class table and segment QA")
         open_metrics.clicked.connect(self._open_metrics)
-        layout.addWidget(open_metrics)
-        layout.addStretch()
+        buttons = QHBoxLayout()
+        for button in (self.run_button, self.cancel_button, self.exporter.button, open_metrics):
+            buttons.addWidget(button)
+
+        # The settings go in tabs below; what a user presses stays on screen above them.
+        self.tabs = QTabWidget()
+        self.tabs.addTab(scrolled(tab_page(self.settings)), "Settings")
+        self.tabs.addTab(scrolled(tab_page(self.folder_panel, self.propagator)), "Folder")
+        self.tabs.addTab(scrolled(tab_page(self.exporter)), "Export")
+        top = fixed_top(self, self.tabs)
+        top.addLayout(form)
+        top.addLayout(buttons)
+        top.addWidget(self.folder_panel.navigator)
+        top.addWidget(self.status)
 
     # ---- settings -----------------------------------------------------------------------
 

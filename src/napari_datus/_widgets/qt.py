@@ -13,17 +13,24 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from napari.layers import Layer
-from qtpy.QtCore import QEvent, QSize
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QApplication,
     QComboBox,
+    QDockWidget,
     QFrame,
     QLabel,
+    QLayout,
+    QMainWindow,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
+
+# Height a scrolled dock body asks for: with its dock's fixed top, two docks fit the
+# 700-odd pixels napari leaves them in a 1366x768 window.
+SCROLL_HINT_HEIGHT = 220
 
 
 class LayerCombo(QComboBox):
@@ -155,30 +162,101 @@ def set_image(label: QLabel, rgb: np.ndarray, side: int = 160) -> None:
 
 class _VerticalScroll(QScrollArea):
     """A scroll area as wide as its contents plus a vertical scroll bar, so that scrolling
-    down never needs a horizontal bar (napari sizes a dock from this hint)."""
+    down never needs a horizontal bar (napari sizes a dock from this hint), and asking for
+    at most ``SCROLL_HINT_HEIGHT``: two docks share a laptop's height instead of the first
+    taking it all."""
 
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
+        return QSize(max(hint.width(), self._width()), hint.height())
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self._width()), min(hint.height(), SCROLL_HINT_HEIGHT))
+
+    def _width(self) -> int:
         content = self.widget()
         if content is None:
-            return hint
-        width = (content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
-                 + 2 * self.frameWidth())
-        return QSize(max(hint.width(), width), hint.height())
+            return 0
+        return (content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                + 2 * self.frameWidth())
 
 
-def scrolled_layout(dock: QWidget) -> QVBoxLayout:
-    """A layout for ``dock``'s contents inside a vertical scroll area.
+def scrolled(content: QWidget) -> QScrollArea:
+    """``content`` in a frameless vertical scroll area, as wide as it needs.
 
     A dock's minimum height is its contents' unless they scroll, so two docks of tall
     contents forced a window taller than a laptop screen (1224 px for both docks).
     """
-    content = QWidget()
     scroll = _VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidget(content)
+    return scroll
+
+
+def fixed_top(dock: QWidget, body: QWidget) -> QVBoxLayout:
+    """Lay ``dock`` out as a fixed top above ``body``; returns the top's layout.
+
+    The top holds the dock's actions (Run, Export…, Compute metrics), which stay on screen
+    however small the dock gets; ``body`` takes the rest of the height and scrolls (it is
+    :func:`scrolled`, or tabs of scrolled pages).
+    """
     outer = QVBoxLayout(dock)
     outer.setContentsMargins(0, 0, 0, 0)
-    outer.addWidget(scroll)
-    return QVBoxLayout(content)
+    outer.setSpacing(2)
+    top = QVBoxLayout()
+    top.setContentsMargins(9, 6, 9, 0)
+    outer.addLayout(top)
+    outer.addWidget(body, stretch=1)
+    _ShareHeight(dock)
+    return top
+
+
+class _ShareHeight(QObject):
+    """Once its dock is docked and shown, share the height of the dock's column among the
+    docks in it, in proportion to what each asks for.
+
+    Qt keeps the height a dock had before another was docked below it, so the second of
+    our two docks got two rows.
+    """
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__(widget)
+        QTimer.singleShot(0, self._docked)  # napari docks the widget after making it
+
+    def _docked(self) -> None:
+        dock = self.parent().parentWidget()
+        if isinstance(dock, QDockWidget):
+            dock.visibilityChanged.connect(self._shown)
+
+    def _shown(self, visible: bool) -> None:
+        if visible:
+            self.parent().parentWidget().visibilityChanged.disconnect(self._shown)
+            QTimer.singleShot(0, self._share)  # once the dock has its place
+
+    def _share(self) -> None:
+        dock = self.parent().parentWidget()
+        window = dock.window()
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        column = [other for other in window.findChildren(QDockWidget)
+                  if other.isVisible() and not other.isFloating()
+                  and window.dockWidgetArea(other) == window.dockWidgetArea(dock)
+                  and other.x() == dock.x()]
+        if len(column) > 1:
+            window.resizeDocks(column, [d.sizeHint().height() for d in column],
+                               Qt.Orientation.Vertical)
+
+
+def tab_page(*parts: QWidget | QLayout) -> QWidget:
+    """A tab page: ``parts`` from the top, the space left below them."""
+    page = QWidget()
+    layout = QVBoxLayout(page)
+    for part in parts:
+        if isinstance(part, QLayout):
+            layout.addLayout(part)
+        else:
+            layout.addWidget(part)
+    layout.addStretch()
+    return page
