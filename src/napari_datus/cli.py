@@ -33,7 +33,8 @@ from napari_datus.core.choices import (
 )
 from napari_datus.core.denoise_config import DenoiseConfig
 from napari_datus.core.errors import DatusError
-from napari_datus.core.propagate import CLASSIFIERS, PropagateConfig
+from napari_datus.core.propagate import CLASSIFIERS, DEFAULT_REFINE, PropagateConfig
+from napari_datus.core.propagate import REFINES as PROPAGATE_REFINES
 from napari_datus.params import Params
 
 # Exit statuses: 0 done, 1 a problem the message names, 2 a usage error (argparse),
@@ -140,8 +141,11 @@ def add_propagate_parser(sub, defaults: Params) -> None:
     propagate.add_argument("--segment-vote", type=float, default=PropagateConfig.segment_vote,
                            help="weight of the mean scores of each unsupervised segment"
                                 " (0..1, default %(default)s)")
-    propagate.add_argument("--refine", choices=REFINEMENTS,
-                           help="how masks reach image size (default: the run's --refine)")
+    propagate.add_argument("--refine", choices=PROPAGATE_REFINES, default=DEFAULT_REFINE,
+                           help="how the patch scores reach image size: none = nearest,"
+                                " guided = the guided filter of --refine guided on the argmax,"
+                                " guided-soft = that filter on the class scores (default"
+                                " %(default)s)")
     propagate.add_argument("--seed", type=int, default=defaults.seed)
     propagate.add_argument("--no-cache", action="store_true",
                            help="neither read nor write the feature cache")

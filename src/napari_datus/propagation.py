@@ -24,10 +24,11 @@ import numpy as np
 from napari_datus.cache import FeatureCache, ImageFile
 from napari_datus.cached_stages import CachedInputs, segment_cached
 from napari_datus.class_map import ClassMap
-from napari_datus.core.choices import REFINEMENTS
 from napari_datus.core.errors import DatusError
 from napari_datus.core.metrics import scores
 from napari_datus.core.propagate import (
+    DEFAULT_REFINE,
+    REFINES,
     PropagateConfig,
     Propagator,
     keep_labels,
@@ -165,9 +166,12 @@ class ImageFeatures:
     """Patch features (and segments, for the segment vote) of image files via the cache."""
 
     def __init__(self, files: dict[str, Path], params: Params, backbone, cache: FeatureCache,
-                 config: PropagateConfig) -> None:
+                 config: PropagateConfig,
+                 segments: dict[str, np.ndarray] | None = None) -> None:
         self.files, self.params, self.backbone = files, params, backbone
         self.cache, self.config = cache, config
+        # (g, g) valid segments already in memory (a napari run), else read via the cache.
+        self.segments = segments
         self.timer = Timer()
 
     def of(self, stem: str) -> tuple[np.ndarray, int, np.ndarray | None]:
@@ -176,7 +180,9 @@ class ImageFeatures:
         inputs = CachedInputs(stem, load, self.backbone, self.params, self.timer, self.cache)
         feats = inputs.features
         segments = None
-        if self.config.segment_vote > 0:
+        if self.config.segment_vote > 0 and self.segments is not None:
+            segments = self.segments[stem]
+        elif self.config.segment_vote > 0:
             segments = segment_cached(stem, load, self.backbone, self.params, self.timer,
                                       self.cache).segments.valid
         return (patch_features(feats.tokens, feats.keys, self.config.features), feats.grid,
@@ -206,21 +212,20 @@ def iter_propagate_images(
 
 def iter_propagate(
     run_dir: str | Path, labels_dir: str | Path, label_format: str, backbone,
-    cache: FeatureCache, config: PropagateConfig, refine: str | None = None,
+    cache: FeatureCache, config: PropagateConfig, refine: str = DEFAULT_REFINE,
 ) -> Generator[Progress, None, PropagateResult]:
     """Check, train, label every image, score, swap the files in; yields Progress.
 
     Parameters
     ----------
     backbone : the run's backbone (a LazyBackbone builds its model only on a cache miss)
-    refine : how masks reach image size (:data:`REFINEMENTS`); None = the run's own
+    refine : how masks reach image size (:data:`~napari_datus.core.propagate.REFINES`)
     """
     start = time.perf_counter()
     config.validate()
     folder = runs_read.read_run(run_dir)
-    refine = refine or run_params(folder).refine
-    if refine not in REFINEMENTS:
-        raise DatusError(f"unknown refine {refine!r}: choose one of {', '.join(REFINEMENTS)}")
+    if refine not in REFINES:
+        raise DatusError(f"unknown refine {refine!r}: choose one of {', '.join(REFINES)}")
     lost = [s for s in folder.stems if folder.image(s) is None]
     if lost:
         raise DatusError(f"{folder.out}: the image files of {len(lost)} images are gone"
@@ -327,7 +332,7 @@ def identity_block(scorer: Scorer, label_names: list[str],
 
 
 def propagate_run(run_dir: str | Path, labels_dir: str | Path, label_format: str, backbone,
-                  cache: FeatureCache, config: PropagateConfig, refine: str | None = None,
+                  cache: FeatureCache, config: PropagateConfig, refine: str = DEFAULT_REFINE,
                   progress: Callable[[Progress], None] | None = None) -> PropagateResult:
     """:func:`iter_propagate` to the end, reporting progress."""
     return drive(iter_propagate(run_dir, labels_dir, label_format, backbone, cache, config,

@@ -102,6 +102,14 @@ def test_scores_to_mask_guided_follows_the_image_edge():
     assert (mask[:, :34] == 0).all() and (mask[:, 40:] == 1).all()
 
 
+def test_scores_to_mask_guided_soft_follows_the_image_edge():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[:, 37:] = 255
+    scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.9, 0.1], [0.4, 0.6]], dtype=np.float32)
+    mask = scores_to_mask(scores, 2, (64, 64), "guided-soft", image)
+    assert (mask[:, :34] == 0).all() and (mask[:, 40:] == 1).all()
+
+
 def test_keep_labels_fills_only_the_unlabelled_pixels():
     labels = np.array([[0, 255], [255, 2]], dtype=np.uint8)
     predicted = np.ones((2, 2), dtype=np.uint8)

@@ -87,7 +87,8 @@ class PropagateBox(QGroupBox):
             show_info("Propagate: every image is corrected already")
             return None
         params = folder_run.result.params
-        work = partial(self._work, folder_run.files, params, masks,
+        segments = {r.stem: r.segments.valid for r in folder_run.result.results}
+        work = partial(self._work, folder_run.files, params, segments, masks,
                        len(folder_run.class_map.classes), targets)
         worker = thread_worker(reported, start_thread=False)(work)
         bar = progress(total=len(targets), desc="DatUS propagate")
@@ -102,11 +103,15 @@ class PropagateBox(QGroupBox):
         worker.start()
         return worker
 
-    def _work(self, files, params: Params, masks, n_classes: int, targets: list[str]):
+    def _work(self, files, params: Params, segments, masks, n_classes: int,
+              targets: list[str]):
         backbone = yield from self.load_backbone(params, len(targets))
-        features = ImageFeatures(files, params, backbone, self.cache, PropagateConfig())
-        return (yield from iter_propagate_images(features, masks, n_classes, targets,
-                                                 params.refine))
+        features = ImageFeatures(files, params, backbone, self.cache, PropagateConfig(),
+                                 segments)
+        # The run's own refinement: nearest for a run without one, else its guided filter
+        # on the class scores.
+        refine = "none" if params.refine == "none" else "guided-soft"
+        return (yield from iter_propagate_images(features, masks, n_classes, targets, refine))
 
     def _show(self, colours: dict, result: dict[str, np.ndarray] | RunFailed) -> None:
         if isinstance(result, RunFailed):

@@ -21,15 +21,29 @@ from typing import Any
 import numpy as np
 
 from napari_datus.core.errors import DatusError
-from napari_datus.core.pseudolabel import UNLABELLED
-from napari_datus.core.refine import refine_mask
+from napari_datus.core.pseudolabel import UNLABELLED, upsample_nearest
+from napari_datus.core.refine import (
+    EPS,
+    MAX_SIDE,
+    RADIUS_PATCHES,
+    _downscale,
+    guided_filter,
+    refine_mask,
+    upsample_bilinear,
+)
 
 # linear: multinomial logistic regression on standardised tokens (the issue's baseline);
 # balanced: the same with class weights inversely proportional to class frequency;
 # mlp: one hidden layer of 256 ReLU units.
 CLASSIFIERS = ("linear", "balanced", "mlp")
-# What a patch is described by: the final normed tokens, or those and the last block's keys.
-FEATURES = ("tokens", "tokens+keys")
+# What a patch is described by: the final normed tokens; those and the last block's keys;
+# or the tokens with their context (the mean token of the 3x3 patches around and of the
+# whole image), so a patch is judged with what surrounds it.
+FEATURES = ("tokens", "tokens+keys", "tokens+context")
+# How the patch scores reach image size (scores_to_mask); the default measured best on
+# suim_dev (docs/propagation.md).
+REFINES = ("none", "guided", "guided-soft")
+DEFAULT_REFINE = "guided-soft"
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,19 @@ class PropagateConfig:
     segment_vote : weight in [0, 1] of the segment mean of the scores (0: patches alone)
     min_labelled : fraction of a patch's pixels that must be labelled for it to train
     c : inverse L2 regularisation of the logistic regressions
+    alpha : L2 penalty of the MLP
     seed : seeds every random step (the MLP's initialisation and batches)
     """
 
+    # Chosen on suim_dev with benchmarks/propagate.py (docs/propagation.md): class weights
+    # and strong regularisation (C = 0.003: 32.5 against 26.0 mIoU at C = 1 for a plain
+    # probe), half of each patch's scores from its segment's mean.
     classifier: str = "balanced"
     features: str = "tokens"
-    segment_vote: float = 0.0
+    segment_vote: float = 0.5
     min_labelled: float = 0.5
-    c: float = 1.0
+    c: float = 0.003
+    alpha: float = 1e-2
     seed: int = 0
 
     def validate(self) -> None:
@@ -73,12 +92,30 @@ class PropagateConfig:
 
 
 def patch_features(tokens: np.ndarray, keys: np.ndarray | None, kind: str) -> np.ndarray:
-    """``(g*g, D')`` float32 description of each patch by ``kind`` (:data:`FEATURES`)."""
+    """``(g*g, D')`` float32 description of each patch by ``kind`` (:data:`FEATURES`).
+
+    ``tokens`` and ``keys`` are ``(g*g, D)``, patches in row-major order.
+    """
+    tokens = np.asarray(tokens, dtype=np.float32)
     if kind == "tokens":
-        return np.asarray(tokens, dtype=np.float32)
+        return tokens
+    if kind == "tokens+context":
+        return np.hstack([tokens, neighbourhood_mean(tokens),
+                          np.broadcast_to(tokens.mean(axis=0), tokens.shape)])
     if keys is None:
         raise DatusError("tokens+keys features need the patch keys")
     return np.hstack([tokens, keys]).astype(np.float32)
+
+
+def neighbourhood_mean(tokens: np.ndarray) -> np.ndarray:
+    """(g*g, D) mean of each patch's 3x3 neighbourhood on the grid (clipped at borders)."""
+    g = int(round(np.sqrt(len(tokens))))
+    grid = tokens.reshape(g, g, -1)
+    padded = np.pad(grid, ((1, 1), (1, 1), (0, 0)))
+    ones = np.pad(np.ones((g, g, 1), dtype=np.float32), ((1, 1), (1, 1), (0, 0)))
+    total = sum(padded[i:i + g, j:j + g] for i in range(3) for j in range(3))
+    count = sum(ones[i:i + g, j:j + g] for i in range(3) for j in range(3))
+    return (total / count).reshape(g * g, -1).astype(np.float32)
 
 
 def patch_counts(labels: np.ndarray, grid: int, n_classes: int) -> np.ndarray:
@@ -164,7 +201,7 @@ class Propagator:
         if cfg.classifier == "mlp":
             from sklearn.neural_network import MLPClassifier
 
-            return MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-2, max_iter=200,
+            return MLPClassifier(hidden_layer_sizes=(256,), alpha=cfg.alpha, max_iter=200,
                                  early_stopping=False, random_state=cfg.seed)
         from sklearn.linear_model import LogisticRegression
 
@@ -217,16 +254,34 @@ def scores_to_mask(scores: np.ndarray, grid: int, shape: tuple[int, int],
     scores : (g*g, C) float
     grid : g
     shape : (H, W) of the image
-    refine : how the argmax grid reaches image size (``none`` or ``guided``, as the run's
-        pseudo masks: :func:`~napari_datus.core.refine.refine_mask`)
-    image : (H, W, 3) uint8, needed by ``guided``
+    refine : how the grid reaches image size: ``none`` (nearest upsampling of the argmax),
+        ``guided`` (the run's refinement, :func:`~napari_datus.core.refine.refine_mask`, of
+        the argmax) or ``guided-soft`` (the same guided filter on the class scores
+        themselves, so an uncertain patch border moves the edge less than a sure one)
+    image : (H, W, 3) uint8, needed by the guided refinements
 
     Returns
     -------
     (H, W) uint8 class ids, every pixel labelled
     """
+    if refine == "guided-soft":
+        return refine_scores(np.asarray(scores, np.float32).reshape(grid, grid, -1), image)
     labels = np.argmax(scores, axis=1).astype(np.uint8).reshape(grid, grid)
     return refine_mask(labels, shape, refine, image)
+
+
+def refine_scores(scores: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(g, g, C) class scores to an (H, W) uint8 argmax mask whose edges follow ``image``:
+    bilinear upsampling and the colour guided filter of :mod:`napari_datus.core.refine`,
+    with its window and regularisation."""
+    if image is None:
+        raise DatusError("guided refinement needs the image")
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    guide = _downscale(image[..., :3], MAX_SIDE)
+    soft = upsample_bilinear(scores, guide.shape[:2])
+    radius = max(1, int(round(RADIUS_PATCHES * guide.shape[0] / scores.shape[0])))
+    small = np.argmax(guided_filter(guide, soft, radius, EPS), axis=-1).astype(np.uint8)
+    return small if small.shape == shape else upsample_nearest(small, shape)
 
 
 def keep_labels(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
