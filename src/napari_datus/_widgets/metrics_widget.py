@@ -91,8 +91,10 @@ class MetricsWidget(QWidget):
         self.run_layer = LayerCombo(self.viewer, _is_pseudo_mask)
         self.run_layer.setToolTip(LAYER_TERMS)
         self.run_layer.currentTextChanged.connect(lambda _name: self._on_run_changed())
-        self.gt_layer = LayerCombo(self.viewer, _is_ground_truth,
-                                   prefer=lambda layer: isinstance(layer, Labels))
+        # Never a photo by default (a reopened run holds only photos and results): the
+        # user picks an RGB image of SUIM colours by hand.
+        self.gt_layer = LayerCombo(self.viewer, _is_ground_truth, prefer=_looks_like_gt,
+                                   fallback=False)
         self.gt_format = QComboBox()
         self.gt_format.addItems(GT_FORMATS)
         self.gt_layer.currentTextChanged.connect(lambda _name: self._guess_format())
@@ -396,6 +398,11 @@ def _is_pseudo_mask(layer: Layer) -> bool:
 def _is_ground_truth(layer: Layer) -> bool:
     """Labels that are not DatUS results, or Image layers (RGB SUIM colours or index)."""
     return (isinstance(layer, Labels) and run_of(layer) is None) or isinstance(layer, Image)
+
+
+def _looks_like_gt(layer: Layer) -> bool:
+    """Labels, or a layer a reader marked as ground truth (``gt_format``)."""
+    return isinstance(layer, Labels) or "gt_format" in layer.metadata
 
 
 def _remove(callbacks: list, callback) -> None:

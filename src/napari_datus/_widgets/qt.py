@@ -36,13 +36,14 @@ SCROLL_HINT_HEIGHT = 220
 class LayerCombo(QComboBox):
     """The viewer's layers that pass ``accept``, kept current as layers come and go.
 
-    When nothing is chosen yet, the first layer that passes ``prefer`` is chosen; a newly
-    inserted layer that passes both is selected, so a fresh result or a just-opened image
-    is the default choice.
+    When nothing is chosen yet, the first layer that passes ``prefer`` is chosen (with
+    ``fallback``, else the first listed; without, none); a newly inserted layer that passes
+    both is selected, so a fresh result or a just-opened image is the default choice.
     """
 
     def __init__(self, viewer: napari.Viewer, accept: Callable[[Layer], bool],
-                 prefer: Callable[[Layer], bool] = lambda _layer: True) -> None:
+                 prefer: Callable[[Layer], bool] = lambda _layer: True,
+                 fallback: bool = True) -> None:
         super().__init__()
         # Long layer names must not widen the dock past the screen: names elide instead.
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -50,6 +51,7 @@ class LayerCombo(QComboBox):
         self._viewer = viewer
         self._accept = accept
         self._prefer = prefer
+        self._fallback = fallback
         events = viewer.layers.events
         for emitter, callback in ((events.inserted, self._on_inserted),
                                   (events.removed, self.refresh),
@@ -71,11 +73,11 @@ class LayerCombo(QComboBox):
         before = self.currentText()
         keep = select or before
         if keep not in names:
-            keep = (preferred or names or [""])[0]
+            keep = (preferred or (names if self._fallback else []) or [""])[0]
         self.blockSignals(True)
         self.clear()
         self.addItems(names)
-        self.setCurrentText(keep)
+        self.setCurrentIndex(names.index(keep) if keep in names else -1)
         self.blockSignals(False)
         # A replaced layer keeps its name but is removed first, so this still fires for it.
         if self.currentText() != before:
