@@ -86,7 +86,9 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         codes = read_suim_masks(paths)
     except DatusError:
         return None
-    name = Path(paths[0]).stem if len(paths) == 1 else f"{Path(paths[0]).parent.name} masks"
+    # Named as ground truth, so it never clashes with the image of the same stem.
+    name = (f"{Path(paths[0]).stem} ground truth" if len(paths) == 1
+            else f"{Path(paths[0]).parent.name} ground truth")
 
     def reader(_path: Any) -> list[LayerData]:
         return [(codes, suim_labels_kwargs(name), "labels")]

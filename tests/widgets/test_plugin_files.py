@@ -62,6 +62,8 @@ def test_reader_opens_suim_masks_with_class_names():
     np.testing.assert_array_equal(data, expected)
     assert list(kwargs["features"]["class"]) == SUIM8_NAMES
     assert kwargs["colormap"][4] == (1.0, 0.0, 0.0)  # RO is red
+    # Not the image's name: ground truth opened beside image "n_l_52_" keeps its own.
+    assert kwargs["name"] == "n_l_52_ ground truth"
 
 
 def test_reader_opens_suim_masks_saved_as_palette_pngs(tmp_path):
