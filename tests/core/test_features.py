@@ -89,8 +89,12 @@ def test_auto_is_bf16_on_cpus_with_bf16_instructions(cpu_flags, flags, auto):
 @pytest.mark.parametrize("bf16_supported, auto", [(True, "bf16"), (False, "fp16")])
 def test_auto_on_cuda_is_bf16_where_supported_else_fp16(monkeypatch, bf16_supported, auto):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
-    assert effective_precision("cuda", "auto") == auto
-    assert effective_precision("cuda", "fp32") == "fp32"
+    features_module.cuda_has_bf16.cache_clear()
+    try:
+        assert effective_precision("cuda", "auto") == auto
+        assert effective_precision("cuda", "fp32") == "fp32"
+    finally:
+        features_module.cuda_has_bf16.cache_clear()
 
 
 def test_bf16_runs_a_bf16_copy_of_the_weights(tiny_backbone, cpu_flags):

@@ -141,10 +141,16 @@ def effective_precision(device_type: str, precision: str = "auto") -> str:
     if precision != "auto":
         return precision
     if device_type == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_bf16() else "fp16"
     return "bf16" if device_type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+@cache
+def cuda_has_bf16() -> bool:
+    """Whether the CUDA device computes in bf16 (compute capability 8.0 and later)."""
+    import torch
+
+    return torch.cuda.is_bf16_supported()
 
 
 def uses_bf16(device_type: str, precision: str = "auto") -> bool:
