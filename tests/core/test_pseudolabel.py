@@ -109,3 +109,15 @@ def test_fill_unlabelled_equals_scikit_images_expand_labels():
         expected = expand_labels(ids, distance=np.inf)
         expected = np.where(expected == 0, UNLABELLED, expected - 1).astype(np.uint8)
         np.testing.assert_array_equal(fill_unlabelled(grid), expected)
+
+
+def test_kmeans_runs_faiss_on_one_thread_and_restores_its_setting(monkeypatch):
+    import faiss
+
+    seen = []
+    train = faiss.Kmeans.train
+    monkeypatch.setattr(faiss.Kmeans, "train", lambda self, *a, **k: seen.append(
+        faiss.omp_get_max_threads()) or train(self, *a, **k))
+    before = faiss.omp_get_max_threads()
+    cluster_segments(np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32), 3)
+    assert seen == [1] and faiss.omp_get_max_threads() == before
