@@ -184,18 +184,21 @@ def summarise(runs: list[dict]) -> dict:
         out["random"] = {k: {"mean": statistics.mean(r[k] for r in draws),
                              "min": min(r[k] for r in draws), "max": max(r[k] for r in draws)}
                          for k in ("miou", "pixel_accuracy", "boundary_f1")}
+        out["draws"] = len(draws)
     return out
 
 
 def markdown(results: dict) -> str:
     lines = ["| N | method | fixed mIoU | fixed PAcc | fixed BF1 | random mIoU | random PAcc"
              " | random BF1 |", "|---|---|---|---|---|---|---|---|"]
+    # Random cells: mean (min-max, number of draws).
 
     def cell(s: dict, key: str) -> str:
         if "random" not in s:
             return "-"
         r = s["random"][key]
-        return f"{100 * r['mean']:.1f} ({100 * r['min']:.1f}-{100 * r['max']:.1f})"
+        return (f"{100 * r['mean']:.1f} ({100 * r['min']:.1f}-{100 * r['max']:.1f},"
+                f" {s['draws']})")
 
     for n, by_method in results["table"].items():
         for name, s in by_method.items():
@@ -207,9 +210,30 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def report(names: list[str]) -> None:
+    """One markdown table of several results files, rows by N then file order."""
+    tables = [json.loads((RESULTS / f"propagate_{name}.json").read_text()) for name in names]
+    merged: dict = {}
+    for table in tables:
+        runs = table["runs"]
+        for n in sorted({r["n"] for r in runs}):
+            for name in dict.fromkeys(r["method"] for r in runs):
+                rows = [r for r in runs if r["n"] == n and r["method"] == name]
+                if any(r["split"] == "every-k" for r in rows):
+                    merged.setdefault(str(n), {})[name] = summarise(rows)
+    text = markdown({"table": dict(sorted(merged.items(), key=lambda kv: int(kv[0])))})
+    text += "\n\nCommands:\n" + "\n".join(f"    {t['command']}" for t in tables) + "\n"
+    (RESULTS / "propagate.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a datus run folder with suim6 ground truth")
+    parser.add_argument("run", type=Path, nargs="?",
+                        help="a datus run folder with suim6 ground truth")
+    parser.add_argument("--report", nargs="+", metavar="NAME",
+                        help="only print one table of these results files (propagate_NAME"
+                             ".json) and write it to propagate.md")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 5, 20, 50])
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="first random draw's seed")
@@ -219,39 +243,53 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the unsupervised default's rows")
     parser.add_argument("--name", default="dev", help="results file propagate_<name>.json")
     args = parser.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
     start = time.perf_counter()
-    data = load(args.run)
-    load_seconds = time.perf_counter() - start
-    runs, table = [], {}
-    for n in args.n:
-        table[n] = {}
-        rows = {m: [] for m in args.methods}
-        if not args.no_unsupervised:
-            rows = {"unsupervised default": [], **rows}
-        for split, labelled in splits(data.stems, n, args.draws, args.seed):
-            if not args.no_unsupervised:
-                rows["unsupervised default"].append(
-                    {"split": split, **unsupervised(data, labelled)})
-            for name in args.methods:
-                config, refine = method(name)
-                result = propagate(data, labelled, replace(config, seed=args.seed), refine)
-                rows[name].append({"split": split, **result})
-                print(f"N={n} {split} {name}: mIoU {100 * result['miou']:.1f} PAcc"
-                      f" {100 * result['pixel_accuracy']:.1f} BF1"
-                      f" {100 * result['boundary_f1']:.1f} ({result['seconds']:.0f} s)",
-                      file=sys.stderr, flush=True)
-        for name, rs in rows.items():
-            table[n][name] = summarise(rs)
-            runs.extend({"n": n, "method": name, **r} for r in rs)
-    results = {"run": str(args.run), "images": len(data.stems), "draws": args.draws,
-               "seed": args.seed, "methods": {m: {**method(m)[0].to_dict(), "refine": method(m)[1]}
-                           for m in args.methods},
-               "command": " ".join(sys.argv), "machine": platform.machine(),
-               "load_seconds": load_seconds, "seconds": time.perf_counter() - start,
-               "table": table, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"propagate_{args.name}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    # Resumable: every figure is written as soon as it is measured, and a second call with
+    # the same --name measures only what is missing (each call stays under the time limit).
+    done = json.loads(path.read_text())["runs"] if path.is_file() else []
+    data = load(args.run)
+    load_seconds = time.perf_counter() - start
+    runs = list(done)
+    names = ([] if args.no_unsupervised else ["unsupervised default"]) + args.methods
+    results = {"run": str(args.run), "images": len(data.stems), "draws": args.draws,
+               "seed": args.seed, "command": " ".join(sys.argv), "machine": platform.machine(),
+               "load_seconds": load_seconds}
+
+    def save() -> None:
+        results["methods"] = {m: {**method(m)[0].to_dict(), "refine": method(m)[1]}
+                              for m in dict.fromkeys(r["method"] for r in runs)
+                              if m != "unsupervised default"}
+        results["table"] = {str(n): {m: summarise([r for r in runs if r["n"] == n
+                                                   and r["method"] == m])
+                                     for m in dict.fromkeys(r["method"] for r in runs)
+                                     if any(r["n"] == n and r["method"] == m and
+                                            r["split"] == "every-k" for r in runs)}
+                            for n in sorted({r["n"] for r in runs})}
+        path.write_text(json.dumps({**results, "runs": runs}, indent=2) + "\n")
+
+    for n in args.n:
+        for split, labelled in splits(data.stems, n, args.draws, args.seed):
+            for name in names:
+                if any(r["n"] == n and r["split"] == split and r["method"] == name
+                       for r in runs):
+                    continue
+                if name == "unsupervised default":
+                    result = unsupervised(data, labelled)
+                else:
+                    config, refine = method(name)
+                    result = propagate(data, labelled, replace(config, seed=args.seed),
+                                       refine)
+                runs.append({"n": n, "method": name, "split": split, **result})
+                save()
+                print(f"N={n} {split} {name}: mIoU {100 * result['miou']:.1f} PAcc"
+                      f" {100 * result['pixel_accuracy']:.1f} BF1"
+                      f" {100 * result['boundary_f1']:.1f}", file=sys.stderr, flush=True)
+    save()
     print(markdown(results))
     print(f"\n{len(data.stems)} images; {time.perf_counter() - start:.0f} s; {path}")
 
