@@ -5,9 +5,6 @@ Run under a display: ``QT_QPA_PLATFORM=xcb xvfb-run -a pytest tests/widgets``.
 
 from __future__ import annotations
 
-import threading
-from functools import partial
-
 import pytest
 from napari.utils.notifications import (
     ErrorNotification,
@@ -16,8 +13,7 @@ from napari.utils.notifications import (
     notification_manager,
 )
 
-from napari_datus._widgets import MetricsWidget, PipelineWidget, layer_jobs
-from napari_datus.pipeline import array_sources
+from napari_datus._widgets import MetricsWidget, PipelineWidget
 
 RUN_TIMEOUT_MS = 120_000
 
@@ -72,24 +68,3 @@ def run_and_wait(qtbot, widget: PipelineWidget) -> None:
     """Press Run and wait until the worker has finished (returned, failed or cancelled)."""
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=RUN_TIMEOUT_MS)
-
-
-@pytest.fixture
-def gate(monkeypatch) -> threading.Event:
-    """Hold the worker before its second image until the test sets the event.
-
-    The tiny ViT finishes a stack faster than Qt delivers progress, so without this a
-    cancel could arrive after the last image.
-    """
-    event = threading.Event()
-
-    def wait_then(load):
-        event.wait(timeout=30)
-        return load()
-
-    def gated_sources(images, stems):
-        first, *rest = array_sources(images, stems)
-        return [first] + [(stem, partial(wait_then, load)) for stem, load in rest]
-
-    monkeypatch.setattr(layer_jobs, "array_sources", gated_sources)
-    return event
