@@ -79,6 +79,10 @@ def test_labels_on_two_images_propagate_to_the_third(run_dir, capsys):
     assert {f"propagated/im{i}.png" for i in range(3)} <= set(run.record.files)
     assert metrics["run_id"] == run.record.run_id
     assert denoise_inputs(run_dir).clusters == 2  # still a run datus denoise reads
+    from napari_datus._reader import get_reader
+
+    layers = get_reader(str(run_dir))(str(run_dir))  # and one napari reopens
+    assert any(kwargs.get("name") == "im0" for _data, kwargs, _kind in layers)
 
 
 def test_partial_labels_and_a_class_table_name_the_classes(run_dir, capsys):
