@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                     help="ViT arithmetic: auto (default) is bf16 autocast on CUDA, float32 on"
-                          " CPU; bf16 on a CPU with AMX or AVX512-BF16 runs the ViT about 1.9x"
-                          " faster, with mIoU within seed noise but other partitions"
-                          " (docs/performance.md)")
+                     help="ViT arithmetic: auto (default) runs bf16 weights and inputs on a"
+                          " CPU with AMX or AVX512-BF16 and on CUDA (fp16 where the GPU lacks"
+                          " bf16), float32 elsewhere; run.json params.precision_used says"
+                          " which ran (docs/performance.md)")
     run.add_argument("--affinity", choices=AFFINITIES, default=defaults.affinity)
     run.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
     run.add_argument("--embedding", choices=EMBEDDINGS, default=defaults.embedding)

@@ -35,7 +35,8 @@ from napari_datus.runs.layout import (
 )
 
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
-                      "scikit-learn", "networkx", "python-louvain", "igraph")
+                      "scikit-learn", "scikit-image", "faiss-cpu", "networkx",
+                      "python-louvain", "igraph")
 
 
 def planned_files(stems: list[str], gt: bool) -> list[str]:

@@ -24,7 +24,8 @@ REFINEMENTS = ("none", "guided")
 # Dataset-level grouping of segment embeddings: k-means with K centres (the paper's), or
 # k-means with --overcluster centres merged to K by average linkage (core.grouping).
 GROUPINGS = ("kmeans", "merge")
-# ViT arithmetic: auto = bf16 autocast on CUDA, float32 on CPU (core.features.uses_bf16).
+# ViT arithmetic: auto = bf16 weights on AMX/AVX512-BF16 CPUs and CUDA, else float32
+# (core.features.effective_precision).
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 GT_FORMATS = ("index", "suim6", "suim8")
