@@ -28,6 +28,7 @@ from napari_datus.io.dataset import list_images, match_ground_truth
 from napari_datus.io.images import max_pixels, read_image
 from napari_datus.io.masks import class_colours, read_cluster_mask
 from napari_datus.outputs import (
+    BackgroundWriter,
     command_line,
     package_versions,
     planned_files,
@@ -108,15 +109,16 @@ def run_command(args: argparse.Namespace) -> dict:
     timer = Timer()
     sources = file_sources(files)
     with dask_client(args.dask_scheduler, args.dask_local) as client, \
-            RunWriter(out, protect=[*files, *gt_files.values()]) as writer:
+            RunWriter(out, protect=[*files, *gt_files.values()]) as writer, \
+            BackgroundWriter() as writes:
         root = writer.staging
         with tqdm(total=len(files), desc="segments", unit="img", file=sys.stderr) as bar:
             def write_grids(event: Progress) -> None:
                 if event.result is not None:
                     r = event.result
                     with timer("write"):
-                        write_grid_outputs(root, r.stem, r.partition, r.segments.valid,
-                                           r.shape)
+                        writes.submit(write_grid_outputs, root, r.stem, r.partition,
+                                      r.segments.valid, r.shape)
                 bar.update(1)
 
             results, skipped = drive(segment_images(sources, len(files), backbone, params,
@@ -128,7 +130,8 @@ def run_command(args: argparse.Namespace) -> dict:
         with timer("kmeans"):
             clusters = cluster(results, params, cache)
         metrics_inputs = _write_masks(root, results, clusters, gt_files, gt, args, timer,
-                                      skipped, writer.run_id, {f.stem: f for f in files})
+                                      skipped, writer.run_id, {f.stem: f for f in files},
+                                      writes)
         record = RunRecord(
             run_id=writer.run_id,
             command=command_line(),
@@ -150,6 +153,8 @@ def run_command(args: argparse.Namespace) -> dict:
             # Lets napari rebuild the run from its files (segment QA on a reopened run).
             grid={"patch_size": backbone.patch_size, "input_size": backbone.input_size},
         )
+        with timer("write"):
+            writes.wait()
         writer.commit(record)
     run_info = record.to_json()
     if args.denoise:
@@ -233,8 +238,8 @@ def _show_denoise_progress(bar: tqdm, event) -> None:
 
 def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
                  gt: GroundTruthFormat, args: argparse.Namespace, timer: Timer,
-                 skipped: list[Skipped], run_id: str,
-                 image_files: dict[str, Path]) -> dict | None:
+                 skipped: list[Skipped], run_id: str, image_files: dict[str, Path],
+                 writes: BackgroundWriter) -> dict | None:
     """Write pseudo masks, score them against the ground truth, write metrics.json.
 
     ``image_files`` (stem -> image) feed ``--refine``, which needs each original image.
@@ -248,7 +253,7 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
                 image = read_image(image_files[r.stem])
         mask = pseudo_mask(r, c, args.fill_noise, args.refine, image)
         with timer("write"):
-            write_pseudo_mask(out, r.stem, mask)
+            writes.submit(write_pseudo_mask, out, r.stem, mask)
         if r.stem not in gt_files:
             if args.gt:
                 skipped.append(Skipped(r.stem, "no ground-truth file: left out of the metrics"))
@@ -269,12 +274,15 @@ def _write_masks(out: Path, results, clusters, gt_files: dict[str, Path],
                                       "images": scorer.images, "initial": metrics})
     colours = class_colours(args.gt_format)
     if colours is not None:
+        if args.refine != "none":
+            writes.wait()  # the refined masks are read back below
         for r, c in zip(results, clusters):
             # A refined mask is read back rather than refined a second time.
             mask = (pseudo_mask(r, c, args.fill_noise) if args.refine == "none" else
                     read_cluster_mask(out / PSEUDO_DIR / f"{r.stem}.png"))
             with timer("write"):
-                write_colour_pseudo_mask(out, r.stem, mask, metrics["mapping"], colours)
+                writes.submit(write_colour_pseudo_mask, out, r.stem, mask,
+                              metrics["mapping"], colours)
     return {"format": gt.format, "ignore": gt.ignore if gt.format == "index" else None,
             "classes": scorer.names, "dir": str(args.gt)}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +39,31 @@ from napari_datus.runs.layout import (
 VERSIONED_PACKAGES = ("napari-datus", "torch", "torchvision", "timm", "numpy", "scipy",
                       "scikit-learn", "scikit-image", "faiss-cpu", "networkx",
                       "python-louvain", "igraph")
+
+
+class BackgroundWriter:
+    """Writes files on one thread beside the run: PNG encoding (zlib) releases the GIL, so
+    the writes overlap the ViT and the stages after it. :meth:`wait` raises the first
+    error of a write; leaving the ``with`` block waits for every write."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datus-write")
+        self._pending: list[Future] = []
+
+    def submit(self, write: Callable, *args) -> None:
+        self._pending.append(self._pool.submit(write, *args))
+
+    def wait(self) -> None:
+        """Block until every write submitted so far is done; raise the first error."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
 
 
 def planned_files(stems: list[str], gt: bool) -> list[str]:

@@ -223,3 +223,16 @@ def test_an_image_without_ground_truth_gets_a_warning_line(tiny_cli, folder, cap
     assert code == 0
     lines = [line for line in err.splitlines() if "im1" in line and "warning" in line]
     assert len(lines) == 1 and "no ground-truth file" in lines[0]
+
+
+def test_a_failed_background_write_stops_the_run_and_keeps_the_old_one(finished, folder,  # noqa: F811
+                                                                     capsys, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise DatusError("cannot write pseudo_masks/im1.png: No space left on device")
+
+    monkeypatch.setattr(commands, "write_pseudo_mask", full_disk)
+    before = tree(finished)
+    code, err = datus(capsys, "run", folder / "images", "--out", finished, *TINY_ARGS,
+                      "--clusters", "3")
+    assert code == 1 and "No space left on device" in err
+    assert tree(finished) == before
