@@ -65,9 +65,9 @@ from napari_datus._widgets.settings_form import SettingsForm
 from napari_datus.cache import FeatureCache
 from napari_datus.core.denoise_config import DenoiseConfig, TrainProgress
 from napari_datus.core.errors import DatusError
+from napari_datus.pipeline import Params, Progress
 from napari_datus.runs.read import user_work
 from napari_datus.runs.write import check_writable
-from napari_datus.pipeline import Params, Progress
 
 if TYPE_CHECKING:
     from napari_datus.core.backbone import Backbone
