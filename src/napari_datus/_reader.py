@@ -101,8 +101,8 @@ def with_runs(folder: RunFolder) -> list[LayerData]:
     segment QA, class table, Export). What cannot be shown or rebuilt is left out, and one
     notification says what and why: a folder that cannot be rebuilt as runs (a stage folder
     missing, say) still opens for viewing."""
-    from napari_datus._widgets.layers import METADATA_KEY
-    from napari_datus._widgets.reopen import reopened_runs
+    from napari_datus._widgets.layers import FOLDER_KEY, METADATA_KEY
+    from napari_datus._widgets.reopen import reopened_folder_run, reopened_runs
 
     notes: list[str] = []
     if folder.missing:
@@ -116,39 +116,29 @@ def with_runs(folder: RunFolder) -> list[LayerData]:
         classes, damaged = None, exc
     else:
         damaged = None
-    layers = run_layers(folder, classes, notes)
     try:
         if damaged is not None:
             raise damaged
         runs = reopened_runs(folder, classes)
     except DatusError as exc:
         notes.append(f"opened for viewing only (no metrics, QA or export): {exc}")
+    if len(runs) > 1:
+        # Shown one image at a time: only the first image's files are read now.
+        folder_run = reopened_folder_run(folder, runs)
+        layers = run_layers(folder, classes, notes, [folder_run.stem(0)])
+        layers[-1][1].setdefault("metadata", {})[FOLDER_KEY] = folder_run
+        notes.append(f"{len(folder_run)} images, shown one at a time: step through them"
+                     " with ◀/▶ in the DatUS pipeline dock (Plugins > DatUS pipeline)")
+    else:
+        layers = run_layers(folder, classes, notes)
     for _data, kwargs, _kind in layers:
         run = runs.get(kwargs.get("metadata", {}).get("stem"))
         if run is not None and kwargs["name"].startswith(f"{run.image_name} "):
             kwargs["metadata"][METADATA_KEY] = run
-    if len(runs) > 1:
-        layers = _as_folder(folder, runs, layers)
     if notes:
         _notify(f"{folder.out.name}: " + "; ".join(notes[:3])
                 + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else ""))
     return layers
-
-
-def _as_folder(folder: RunFolder, runs: dict, layers: list[LayerData]) -> list[LayerData]:
-    """The first image's layers only, the last of them carrying the folder run: the
-    pipeline dock shows the folder one image at a time (◀/▶), as after a folder run."""
-    from napari_datus._widgets.layers import FOLDER_KEY
-    from napari_datus._widgets.reopen import reopened_folder_run
-
-    folder_run = reopened_folder_run(folder, runs)
-    first = folder_run.stem(0)
-    shown = [layer for layer in layers
-             if layer[1]["name"] == first or layer[1]["name"].startswith(f"{first} ")]
-    shown[-1][1].setdefault("metadata", {})[FOLDER_KEY] = folder_run
-    _notify(f"{folder.out.name}: {len(folder_run)} images, shown one at a time: step"
-            " through them with ◀/▶ in the DatUS pipeline dock (Plugins > DatUS pipeline)")
-    return shown
 
 
 def _mask_layers(paths: list[str]) -> list[LayerData]:

@@ -34,18 +34,19 @@ STAGE_LAYERS = (
 SAVED_RUN_KEY = "datus_saved_run"
 
 
-def run_layers(folder: RunFolder, classes: ClassMap | None,
-               notes: list[str]) -> list[LayerData]:
-    """Layer data for every image of a run folder: the image, then its stage layers.
+def run_layers(folder: RunFolder, classes: ClassMap | None, notes: list[str],
+               stems: list[str] | None = None) -> list[LayerData]:
+    """Layer data for images of a run folder: each image, then its stage layers.
 
     Parameters
     ----------
     folder : the run folder as read (:func:`napari_datus.runs.read.read_run`)
     classes : its class table, for the cluster layers' colours and names
     notes : receives one line per file left out, and why
+    stems : the images to show (default: all of the run's)
     """
     layers: list[LayerData] = []
-    for index, stem in enumerate(folder.stems):
+    for index, stem in enumerate(folder.stems if stems is None else stems):
         # Images differ in size and would cover each other: the first one shows at first.
         shown = index == 0
         image = folder.image(stem)

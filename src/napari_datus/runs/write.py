@@ -142,10 +142,6 @@ class RunWriter:
         self._adopted.add(relative)
         return in_run(self.out, relative)
 
-    def owns(self, relative: str) -> bool:
-        """True when the run being replaced or updated owns ``relative``."""
-        return relative in self._owned
-
     def commit(self, record: RunRecord) -> Path:
         """Swap the staged files in, run.json last; returns the run.json path.
 
